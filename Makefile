@@ -1,0 +1,36 @@
+# Set-up and test entry points. The README names `make run` and `make test`;
+# .ci/run calls `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Built tools (kube-apiserver, etcd, helm) live outside the repo so that a
+# fresh clone on the same machine reuses them.
+export LOCALMODEL_TOOLS_DIR ?= $(HOME)/.cache/localmodel/tools
+
+.PHONY: install tools run test test-fast bench clean
+
+install: $(VENV)/.installed
+
+# pip keeps the llama-cpp-python wheel it builds (minutes) in its cache, so
+# later installs reuse it; never pass --no-cache-dir here.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install -c constraints.txt -e '.[test]'
+	touch $@
+
+tools:
+	tests/controlplane/build.sh
+
+run: install
+	$(BIN)/localmodel-server --demo
+
+test: install tools
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow and not controlplane"
+
+clean:
+	rm -rf $(VENV) .pytest_cache
