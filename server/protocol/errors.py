@@ -1,0 +1,153 @@
+"""The OpenAI error envelope, shared by the model server and the router.
+
+Every failure a client can see is an `APIError`; its body is always
+`{"error": {"message", "type", "param", "code"}}`, the shape the official
+SDKs parse into typed exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class APIError(Exception):
+    """An error that is part of the API: it carries its HTTP status and envelope."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def body_bytes(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str, available: Iterable[str]) -> APIError:
+    names = ", ".join(sorted(available)) or "none"
+    return APIError(
+        404,
+        f"The model '{model}' does not exist. Available models: {names}.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def context_length_exceeded(limit: int, requested: int, prompt: int, completion: int) -> APIError:
+    # OpenAI's own wording, so clients that match on it keep working.
+    return APIError(
+        400,
+        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"{requested} tokens ({prompt} in the messages, {completion} in the completion). "
+        "Please reduce the length of the messages or completion.",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
+def service_unavailable(message: str, *, retry_after: int = 1, code: str = "service_unavailable") -> APIError:
+    return APIError(
+        503,
+        message,
+        type="service_unavailable_error",
+        code=code,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def payload_too_large(limit_bytes: int) -> APIError:
+    return APIError(
+        413,
+        f"Request body is larger than the limit of {limit_bytes} bytes.",
+        code="request_too_large",
+    )
+
+
+def authentication_error(message: str = "Invalid or missing API key.") -> APIError:
+    return APIError(
+        401,
+        message,
+        type="authentication_error",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def not_found(path: str) -> APIError:
+    return APIError(404, f"Unknown path: {path}", code="not_found")
+
+
+def method_not_allowed(method: str, path: str) -> APIError:
+    return APIError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+
+
+def internal_error() -> APIError:
+    # Never leak a traceback or internal detail to the client; the log has it.
+    return APIError(500, "The server had an error while processing your request.", type="server_error")
+
+
+def from_validation_error(exc: ValidationError | list[dict[str, Any]]) -> APIError:
+    """Turn pydantic's error list into one readable 400 naming the offending parameter."""
+    errors = exc.errors() if isinstance(exc, ValidationError) else exc
+    if not errors:
+        return invalid_request("Invalid request body.")
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    # Union members show up as loc segments ("str", "list[...]"); they mean nothing to a client.
+    loc = [p for p in loc if not _is_type_tag(p)]
+    param = ".".join(loc) or None
+    kind = first.get("type", "")
+    if kind in ("json_invalid", "json_type"):
+        return invalid_request(
+            "We could not parse the JSON body of your request. Send valid JSON "
+            "with Content-Type: application/json.",
+            code="invalid_json",
+        )
+    if kind == "missing":
+        return invalid_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if kind == "model_attributes_type" and not param:
+        return invalid_request("The request body must be a JSON object.", code="invalid_type")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    where = f"'{param}'" if param else "the request body"
+    return invalid_request(f"Invalid value for {where}: {message}", param=param, code="invalid_value")
+
+
+def _is_type_tag(segment: str) -> bool:
+    return segment in {"str", "int", "float", "bool", "dict", "list"} or "[" in segment or segment.startswith("function-")
