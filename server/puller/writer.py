@@ -1,0 +1,105 @@
+"""Append received blocks to the partial file and hash them on a second thread.
+
+Receiving (socket reads), writing and SHA-256 all release the GIL, so handing
+full blocks to a writer thread lets hashing overlap the network instead of
+adding to it; that is what keeps the puller close to curl, which hashes nothing.
+Blocks come from a small fixed pool, so memory stays at pool × block size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from .store import sha256_of_prefix
+
+BLOCK_SIZE = 4 << 20
+_POOL_BLOCKS = 4
+
+
+class HashingWriter:
+    """Appends to `path` (which already holds `offset` valid bytes) and keeps its sha256."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self._digest = sha256_of_prefix(path, offset)
+        self._fd = os.open(path, os.O_WRONLY)
+        os.ftruncate(self._fd, offset)
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self.offset = offset  # bytes written and hashed
+        self.received = 0  # bytes written by this process, across restarts of the partial
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(_POOL_BLOCKS):
+            self._free.put(bytearray(BLOCK_SIZE))
+        self._work: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="puller-writer", daemon=True)
+        self._thread.start()
+
+    def fill(self, read_into: Callable[[memoryview], int]) -> int:
+        """Fill one pooled block with `read_into` and queue it; returns the byte count (0 at EOF)."""
+        self._raise_pending()
+        block = self._free.get()
+        try:
+            n = read_into(memoryview(block))
+        except BaseException:
+            self._free.put(block)
+            raise
+        if n:
+            self._work.put((block, n))
+        else:
+            self._free.put(block)
+        return n
+
+    def drain(self) -> int:
+        """Wait until every queued block is on disk and hashed; returns the file offset."""
+        self._work.join()
+        self._raise_pending()
+        return self.offset
+
+    def reset(self) -> None:
+        """Start over at offset 0 (the partial file was truncated by its owner)."""
+        self.drain()
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._digest = hashlib.sha256()
+        self.offset = 0
+
+    def hexdigest(self) -> str:
+        self.drain()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._work.put(None)
+        self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            block, n = item
+            try:
+                if self._error is None:
+                    view = memoryview(block)[:n]
+                    _write_all(self._fd, view)
+                    self._digest.update(view)
+                    self.offset += n
+                    self.received += n
+            except OSError as err:
+                self._error = err
+            finally:
+                self._free.put(block)
+                self._work.task_done()
+        self._work.task_done()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
