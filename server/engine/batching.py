@@ -1,0 +1,327 @@
+"""Continuous batching over one llama.cpp context.
+
+One engine thread owns the context. Each step it admits waiting requests
+into free slots, builds ONE batch holding the next token of every generating
+sequence plus chunks of pending prompts, calls `llama_decode` once, and
+samples every sequence that produced logits with that sequence's own sampler.
+Requests join and leave between steps, so a long generation never blocks a
+short one and a cancelled request frees its slot at the next step.
+
+Each slot is a llama.cpp sequence with its own KV stream (`kv_unified=False`),
+so sequences never attend to each other. A slot keeps the KV of its last
+request; a new request goes to the free slot sharing the longest prompt
+prefix and only the rest of its prompt is evaluated (prefix caching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import llama_cpp
+
+from .model import LoadedModel
+from .sampling import Sampler, SamplingParams, TokenLogprobs
+from .textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    context_size: int  # tokens per sequence (prompt + completion)
+    parallel: int  # slots decoded together
+    threads: int
+    batch_size: int = 512  # most tokens in one decode step; longer prompts are chunked
+    queue_size: int = 64  # requests waiting for a slot before new ones are refused
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int | None = None  # None: until the context is full
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TokenOut:
+    id: int
+    logprobs: TokenLogprobs | None
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    tokens: list[TokenOut]
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    error: str | None = None
+
+
+Event = Delta | Finished
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the waiting queue is at its limit."""
+
+
+class EngineStopped(Exception):
+    """The engine no longer accepts work (shutting down)."""
+
+
+class Generation:
+    """The consumer's side of a request: an async stream of events, and cancel()."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self._loop = loop
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        # Read by the engine thread at its next step; a plain flag is enough under the GIL.
+        self.cancelled = True
+
+    def _emit(self, event: Event) -> None:
+        self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    async def __aiter__(self):
+        while True:
+            event = await self.events.get()
+            yield event
+            if isinstance(event, Finished):
+                return
+
+
+@dataclass
+class _Sequence:
+    """Engine-thread state of one admitted request."""
+
+    gen: Generation
+    slot: int
+    sampler: Sampler
+    text: TextStream
+    n_past: int  # tokens of prompt + completion already in the KV cache
+    cached_tokens: int
+    generated: list[int] = field(default_factory=list)
+    pending: list[TokenOut] = field(default_factory=list)
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.gen.request.prompt
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.prompt)
+
+    def kv_tokens(self) -> list[int]:
+        return (self.prompt + self.generated)[: self.n_past]
+
+
+class BatchEngine:
+    def __init__(self, model: LoadedModel, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.context_size * config.parallel
+        params.n_batch = config.batch_size
+        params.n_ubatch = min(config.batch_size, 512)
+        params.n_seq_max = config.parallel
+        params.n_threads = params.n_threads_batch = config.threads
+        params.kv_unified = False
+        params.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self.context_per_sequence = llama_cpp.llama_n_ctx_seq(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(config.batch_size, 0, 1)
+
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Generation] = collections.deque()
+        self._slots: list[_Sequence | None] = [None] * config.parallel
+        self._slot_cache: list[list[int]] = [[] for _ in range(config.parallel)]
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
+        self._thread.start()
+
+    # -- called from the event loop -------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> Generation:
+        gen = Generation(request, asyncio.get_running_loop())
+        with self._cond:
+            if not self._running:
+                raise EngineStopped()
+            if len(self._waiting) >= self.config.queue_size and self.busy_slots >= self.config.parallel:
+                raise QueueFull()
+            self._waiting.append(gen)
+            self._cond.notify()
+        return gen
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(s is not None for s in self._slots)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+
+    # -- engine thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and not self._waiting and self.busy_slots == 0:
+                    self._cond.wait()
+                if not self._running:
+                    break
+                self._admit()
+            self._drop_cancelled()
+            if self.busy_slots:
+                self._step()
+        for seq in self._slots:
+            if seq is not None:
+                self._finish(seq, "cancelled")
+        for gen in self._waiting:
+            gen._emit(Finished("cancelled", len(gen.request.prompt), 0, 0))
+
+    def _admit(self) -> None:
+        while self._waiting and None in self._slots:
+            gen = self._waiting.popleft()
+            if gen.cancelled:
+                gen._emit(Finished("cancelled", len(gen.request.prompt), 0, 0))
+                continue
+            try:
+                sampler = Sampler(self.model, gen.request.sampling)
+            except ValueError as exc:
+                gen._emit(Finished("error", len(gen.request.prompt), 0, 0, error=str(exc)))
+                continue
+            slot = self._pick_slot(gen.request.prompt)
+            # Reuse the slot's cached prefix, but always evaluate at least the last
+            # prompt token: its logits start the generation.
+            keep = min(_common_prefix(self._slot_cache[slot], gen.request.prompt), len(gen.request.prompt) - 1)
+            llama_cpp.llama_memory_seq_rm(self._mem, slot, keep, -1)
+            self._slots[slot] = _Sequence(
+                gen=gen, slot=slot, sampler=sampler, text=TextStream(gen.request.stop),
+                n_past=keep, cached_tokens=keep,
+            )
+
+    def _pick_slot(self, prompt: list[int]) -> int:
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        return max(free, key=lambda i: _common_prefix(self._slot_cache[i], prompt))
+
+    def _drop_cancelled(self) -> None:
+        for seq in self._slots:
+            if seq is not None and seq.gen.cancelled:
+                self._finish(seq, "cancelled")
+
+    def _step(self) -> None:
+        batch = self._batch
+        n = 0
+        logit_rows: list[tuple[int, _Sequence]] = []
+
+        def add(token: int, pos: int, seq: _Sequence, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.slot
+            batch.logits[n] = logits
+            if logits:
+                logit_rows.append((n, seq))
+            n += 1
+
+        active = [s for s in self._slots if s is not None]
+        # Generating sequences first: one token each keeps their streams moving.
+        for seq in active:
+            if not seq.prefilling:
+                add(seq.generated[-1], seq.n_past, seq, True)
+        # Then prompt chunks, within what is left of the batch.
+        prefill_counts: dict[int, int] = {}
+        for seq in active:
+            if not seq.prefilling:
+                continue
+            room = self.config.batch_size - n
+            if room <= 0:
+                break
+            chunk = seq.prompt[seq.n_past: seq.n_past + room]
+            for offset, token in enumerate(chunk):
+                last = seq.n_past + offset == len(seq.prompt) - 1
+                add(token, seq.n_past + offset, seq, last)
+            prefill_counts[seq.slot] = len(chunk)
+        batch.n_tokens = n
+
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            log.error("llama_decode failed with status %d for a batch of %d tokens", status, n)
+            for seq in active:
+                self._finish(seq, "error", error=f"decoding failed (llama.cpp status {status})", reset_cache=True)
+            return
+
+        for seq in active:
+            seq.n_past += prefill_counts.get(seq.slot, 0 if seq.prefilling else 1)
+        for row, seq in logit_rows:
+            self._sample(seq, row)
+
+    def _sample(self, seq: _Sequence, row: int) -> None:
+        token = seq.sampler.sample(self._ctx, row)
+        if self.model.is_end_of_generation(token):
+            self._finish(seq, "stop")
+            return
+        logprobs = seq.sampler.logprobs(self._ctx, row, token) if seq.sampler.params.logprobs is not None else None
+        seq.generated.append(token)
+        seq.pending.append(TokenOut(token, logprobs))
+        text = seq.text.push(self.model.token_bytes(token))
+        if text:
+            seq.gen._emit(Delta(text, seq.pending))
+            seq.pending = []
+        limit = seq.gen.request.max_tokens
+        if seq.text.stopped:
+            self._finish(seq, "stop")
+        elif limit is not None and len(seq.generated) >= limit:
+            self._finish(seq, "length")
+        elif seq.n_past + 1 >= self.context_per_sequence:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, *, error: str | None = None, reset_cache: bool = False) -> None:
+        tail = seq.text.flush()
+        if tail or seq.pending:
+            seq.gen._emit(Delta(tail, seq.pending))
+        seq.gen._emit(Finished(reason, len(seq.prompt), len(seq.generated), seq.cached_tokens, error))
+        seq.sampler.close()
+        if reset_cache:
+            llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, 0, -1)
+            self._slot_cache[seq.slot] = []
+        else:
+            self._slot_cache[seq.slot] = seq.kv_tokens()
+        with self._cond:
+            self._slots[seq.slot] = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,99 @@
+"""Least-in-flight choice among a model's endpoints, with backend back-off.
+
+State is kept per endpoint URL and survives route-table swaps, so a model whose
+endpoints are re-listed keeps its in-flight counts and cool-downs.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+# A backend's Retry-After is honoured up to this many seconds, so that one bad
+# header cannot take an endpoint out of rotation for long.
+MAX_COOLDOWN_S = 60.0
+
+
+@dataclass
+class EndpointState:
+    url: str
+    in_flight: int = 0
+    # Monotonic time before which the backend asked not to be sent requests.
+    cooldown_until: float = 0.0
+
+
+class NoEndpoint(Exception):
+    """Every candidate endpoint was tried or asked for a pause."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__("no endpoint available")
+        # Seconds until the first cooling-down endpoint takes requests again, if any.
+        self.retry_after = retry_after
+
+
+class Balancer:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._states: dict[str, EndpointState] = {}
+        self._turn = 0
+
+    def state(self, url: str) -> EndpointState:
+        state = self._states.get(url)
+        if state is None:
+            state = self._states[url] = EndpointState(url)
+        return state
+
+    def pick(self, endpoints: Sequence[str], exclude: Collection[str] = ()) -> EndpointState:
+        """The candidate with the fewest requests in flight; ties rotate.
+
+        Raises NoEndpoint when every endpoint is excluded or cooling down.
+        """
+        now = self._clock()
+        best: EndpointState | None = None
+        soonest: float | None = None
+        count = len(endpoints)
+        # Starting the scan at a rotating offset spreads ties evenly.
+        self._turn = (self._turn + 1) % count if count else 0
+        for i in range(count):
+            url = endpoints[(self._turn + i) % count]
+            if url in exclude:
+                continue
+            state = self.state(url)
+            if state.cooldown_until > now:
+                wait = state.cooldown_until - now
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            if best is None or state.in_flight < best.in_flight:
+                best = state
+        if best is None:
+            raise NoEndpoint(soonest)
+        return best
+
+    def cool_down(self, url: str, seconds: float) -> None:
+        """Keep requests away from `url` for `seconds` (a backend's Retry-After)."""
+        seconds = min(max(seconds, 0.0), MAX_COOLDOWN_S)
+        state = self.state(url)
+        state.cooldown_until = max(state.cooldown_until, self._clock() + seconds)
+
+    def forget_except(self, live: Collection[str]) -> None:
+        """Drop idle state of endpoints that are gone from every route."""
+        for url in [u for u, s in self._states.items() if u not in live and s.in_flight == 0]:
+            del self._states[url]
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds from a Retry-After header, in either of its forms (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now()
+        except (TypeError, ValueError):
+            return None
+        return max(seconds, 0.0)
+    return seconds if seconds >= 0 else None

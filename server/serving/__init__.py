@@ -1,0 +1,1 @@
+"""Endpoint logic: turns protocol requests into engine work and engine events into responses."""
