@@ -1,0 +1,116 @@
+"""The pull Job and its minimal RBAC, as pure functions of the LocalModel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localmodel_operator import meta
+from localmodel_operator.build_pod import container_security_context, pod_security_context, volume_mounts, volumes
+from localmodel_operator.settings import OperatorSettings
+from localmodel_operator.spec import LocalModel
+
+TERMINATION_LOG = "/dev/termination-log"
+# localmodel-pull exits 1 after it reported a failure reason; retrying cannot help.
+REPORTED_FAILURE_EXIT_CODE = 1
+PULLER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}}
+
+
+def _metadata(model: LocalModel, name: str) -> dict[str, Any]:
+    return meta.child_metadata(model.name, model.namespace, model.uid, name, meta.PULLER_COMPONENT)
+
+
+def service_account(model: LocalModel) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(model, meta.puller_name(model.name)),
+        "automountServiceAccountToken": False,  # only the pull pod mounts it
+    }
+
+
+def role(model: LocalModel) -> dict[str, Any]:
+    """The puller may read and patch the status of its own LocalModel, and nothing else."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(model, meta.puller_name(model.name)),
+        "rules": [{
+            "apiGroups": [meta.API_GROUP],
+            "resources": [f"{meta.PLURAL}/status"],
+            "resourceNames": [model.name],
+            "verbs": ["get", "patch"],
+        }],
+    }
+
+
+def role_binding(model: LocalModel) -> dict[str, Any]:
+    name = meta.puller_name(model.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(model, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": model.namespace}],
+    }
+
+
+def puller_args(model: LocalModel) -> list[str]:
+    """docs/architecture.md: the source travels as JSON in one argv element, never through a shell."""
+    return [
+        "--source", model.spec.source.canonical_json(),
+        "--dest", meta.MODELS_DIR,
+        "--report-to", f"{model.namespace}/{model.name}",
+        "--termination-log", TERMINATION_LOG,
+    ]
+
+
+def job(model: LocalModel, settings: OperatorSettings) -> dict[str, Any]:
+    """Pulls (or, for a pvc source, verifies) spec.source; named after its digest so a new source is a new Job."""
+    source = model.spec.source
+    user_claim = source.claim_name
+    read_only = user_claim is not None  # never write into a claim the user owns
+    container: dict[str, Any] = {
+        "name": "pull",
+        "image": settings.effective_puller_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["localmodel-pull"],
+        "args": puller_args(model),
+        # huggingface_hub's cache goes to the claim, not to the node's disk.
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": f"{meta.MODELS_DIR}/.cache/huggingface"}],
+        "resources": PULLER_RESOURCES,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": volume_mounts(read_only=read_only),
+    }
+    if source.secret_name:
+        container["envFrom"] = [{"secretRef": {"name": source.secret_name}}]
+    labels = meta.labels(model.name, meta.PULLER_COMPONENT)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**_metadata(model, meta.job_name(model.name, source.digest)),
+                     "annotations": {meta.WEIGHTS_ANNOTATION: source.digest}},
+        "spec": {
+            "backoffLimit": settings.pull_backoff_limit,
+            "ttlSecondsAfterFinished": settings.pull_ttl_s,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {
+                    "containerName": "pull", "operator": "In", "values": [REPORTED_FAILURE_EXIT_CODE]}},
+                # An evicted or preempted pod resumes from the partial file without using up a retry.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": meta.puller_name(model.name),
+                    "automountServiceAccountToken": True,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": volumes(user_claim or meta.pvc_name(model.name), read_only=read_only),
+                },
+            },
+        },
+    }

@@ -1,0 +1,102 @@
+"""kopf handlers: thin adapters from watch events to `reconcile`.
+
+Registered on import. The same level-triggered reconcile runs on every cause
+(create, update, resume after a restart, and events of the Jobs and
+Deployments the operator owns), so no handler keeps state of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from localmodel_operator import meta
+from localmodel_operator.kube import Kube, KubeError, load_api_client
+from localmodel_operator.reconcile import ModelLocks, reconcile, refresh_progress
+from localmodel_operator.settings import OperatorSettings
+
+VERSION = "v1alpha1"
+MODEL = (meta.API_GROUP, VERSION, meta.PLURAL)
+# Transient failures (apiserver unavailable, conflicts) are retried after this many seconds.
+RETRY_DELAY_S = 5
+OWNED = {"app.kubernetes.io/managed-by": meta.FIELD_MANAGER}
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The same credentials as `kube.load_api_client`: $KUBECONFIG, else the pod's ServiceAccount."""
+    if os.environ.get("KUBECONFIG"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_with_service_account(**kwargs)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Handler bookkeeping goes to annotations: the status belongs to the operator and the puller.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
+    settings.posting.level = logging.WARNING  # our own Events say what happens; kopf's only on trouble
+    settings.scanning.disabled = True  # the CRD is installed with the chart; no need to watch CRDs
+    # Only one replica runs handlers: main.py holds a Lease before starting kopf.
+    settings.peering.standalone = True
+    # main.py passes these in; `kopf run` (tests, development) starts without them.
+    memo.setdefault("config", OperatorSettings())
+    memo.setdefault("locks", ModelLocks())
+    if "kube" not in memo:
+        memo["kube"] = Kube(load_api_client())
+        memo["close_kube"] = True
+
+
+@kopf.on.cleanup()
+def close(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("close_kube"):
+        memo["kube"].close()
+
+
+async def _reconcile(memo: kopf.Memo, body: Any) -> None:
+    metadata = body["metadata"]
+    async with memo["locks"](metadata["namespace"], metadata["name"]):
+        try:
+            await reconcile(memo["kube"], memo["config"], body)
+        except KubeError as exc:
+            raise kopf.TemporaryError(f"apiserver: {exc}", delay=RETRY_DELAY_S) from None
+
+
+@kopf.on.resume(*MODEL, id="reconcile")
+@kopf.on.create(*MODEL, id="reconcile")
+@kopf.on.update(*MODEL, id="reconcile")
+async def model_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile(memo, body)
+
+
+@kopf.on.event(*MODEL, id="progress")
+async def model_status_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """The puller patches status.download every few seconds; mirror it into the PROGRESS column."""
+    if type != "DELETED":
+        metadata = body["metadata"]
+        async with memo["locks"](metadata["namespace"], metadata["name"]):
+            await refresh_progress(memo["kube"], body)
+
+
+async def _owner_changed(body: kopf.Body, memo: kopf.Memo) -> None:
+    """A child changed (a Job finished, a Deployment became available): reconcile its LocalModel."""
+    metadata = body["metadata"]
+    name = (metadata.get("labels") or {}).get(meta.MODEL_LABEL)
+    if not name:
+        return
+    owner = await memo["kube"].get(meta.API_VERSION, meta.KIND, metadata["namespace"], name)
+    if owner is not None:
+        await _reconcile(memo, owner)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={**OWNED, "app.kubernetes.io/name": meta.PULLER_COMPONENT})
+async def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _owner_changed(body, memo)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={**OWNED, "app.kubernetes.io/name": meta.SERVER_COMPONENT})
+async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _owner_changed(body, memo)

@@ -1,0 +1,80 @@
+"""Names, labels and owner references of a LocalModel's children (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+API_GROUP = "localmodel.dev"
+API_VERSION = "localmodel.dev/v1alpha1"
+KIND = "LocalModel"
+PLURAL = "localmodels"
+FIELD_MANAGER = "localmodel-operator"
+
+SERVER_COMPONENT = "localmodel-server"
+PULLER_COMPONENT = "localmodel-puller"
+MODEL_LABEL = "localmodel.dev/model"
+MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
+# Pod-template annotation: changes when new weights are in place, which rolls the Deployment.
+WEIGHTS_ANNOTATION = "localmodel.dev/weights"
+SERVER_PORT = 8000
+MODELS_DIR = "/models"
+
+
+def pvc_name(model: str) -> str:
+    return f"lm-{model}-weights"
+
+
+def job_name(model: str, digest: str) -> str:
+    return f"lm-{model}-pull-{digest}"
+
+
+def deployment_name(model: str) -> str:
+    return f"lm-{model}"
+
+
+def service_name(model: str) -> str:
+    return f"lm-{model}"
+
+
+def puller_name(model: str) -> str:
+    """ServiceAccount, Role and RoleBinding of the pull Job."""
+    return f"lm-{model}-puller"
+
+
+def labels(model: str, component: str = SERVER_COMPONENT) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/instance": model,
+        **MANAGED_BY,
+        MODEL_LABEL: model,
+    }
+
+
+def server_selector(model: str) -> dict[str, str]:
+    """Selects the server pods only (pull Job pods carry the same model label)."""
+    return {"app.kubernetes.io/name": SERVER_COMPONENT, MODEL_LABEL: model}
+
+
+def selector_string(selector: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
+def owner_reference(model: str, uid: str) -> dict[str, Any]:
+    """Makes the child garbage-collected with its LocalModel."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": model,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(
+    model: str, namespace: str, uid: str, name: str, component: str = SERVER_COMPONENT, owned: bool = True
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels(model, component)}
+    if owned:
+        metadata["ownerReferences"] = [owner_reference(model, uid)]
+    return metadata
