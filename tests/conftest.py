@@ -1,3 +1,12 @@
 """Shared pytest configuration: fixture plugins live in tests/support/."""
 
-pytest_plugins: list[str] = []
+# Importable as `support.*` because pyproject sets pytest `pythonpath = ["tests"]`.
+pytest_plugins: list[str] = [
+    "support.llama_models",
+    "support.model_server",
+    "support.controlplane",
+    "support.http_faults",
+    "support.fake_hub",
+    "support.s3_moto",
+    "support.status_capture",
+]
