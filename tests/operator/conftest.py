@@ -1,0 +1,61 @@
+"""Fixtures of the operator tests: the CRD installed in the real control plane, and admin API helpers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client import ApiClient, ApiextensionsV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "localmodel.dev_localmodels.yaml"
+RBAC_RULES_PATH = ROOT / "charts" / "localmodel" / "files" / "operator-rbac-rules.yaml"
+GROUP, VERSION, PLURAL = "localmodel.dev", "v1alpha1", "localmodels"
+SHA = "a" * 64
+
+
+def local_model(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalModel", "metadata": {"name": name}, "spec": spec}
+
+
+def install_crd(api: ApiClient) -> None:
+    """Creates (or replaces) the CRD and waits until the apiserver serves it."""
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    extensions = ApiextensionsV1Api(api)
+    try:
+        extensions.create_custom_resource_definition(crd)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
+        extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = extensions.read_custom_resource_definition(crd["metadata"]["name"]).status
+        if any(c.type == "Established" and c.status == "True" for c in (status.conditions or [])):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the LocalModel CRD never became Established")
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane: Any) -> None:
+    with control_plane.api_client() as api:
+        install_crd(api)
+
+
+@pytest.fixture
+def admin(control_plane: Any, crd: None) -> Iterator[ApiClient]:
+    with control_plane.api_client() as api:
+        yield api
+
+
+@pytest.fixture
+def models(admin: ApiClient) -> CustomObjectsApi:
+    return CustomObjectsApi(admin)
