@@ -31,6 +31,7 @@ class Faults:
     status: int | None = None  # answer every GET/HEAD with this status and no body
     drop_after: int | None = None  # close the connection after this many body bytes ...
     drop_times: int = 1  # ... on this many responses
+    truncate_at: int | None = None  # every response ends (connection closed) at this file offset
     stall_after: int | None = None  # stop sending for stall_seconds after this many body bytes ...
     stall_seconds: float = 5.0
     stall_times: int = 1  # ... on this many responses
@@ -144,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_body(self, served: ServedFile, offset: int, length: int) -> None:
         faults = served.faults
         cut = self._take(faults, "drop")
+        if faults.truncate_at is not None:
+            cut = min(cut if cut is not None else length, max(0, faults.truncate_at - offset))
         stall = self._take(faults, "stall")
         plain = cut is None and stall is None and faults.rate_bytes_per_s is None
         sent = 0
