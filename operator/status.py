@@ -216,7 +216,7 @@ class Event:
 
 
 def condition_events(previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]) -> list[Event]:
-    """One Event per condition whose status or reason changed, Warning when something went wrong."""
+    """An Event per condition whose status or reason changed, Warning when something went wrong."""
     before = {condition.get("type"): condition for condition in previous}
     events = []
     for condition in current:
@@ -225,7 +225,9 @@ def condition_events(previous: Sequence[Mapping[str, Any]], current: Sequence[Ma
             continue
         if not old and condition["type"] == DEGRADED and condition["status"] == "False":
             continue  # "nothing is wrong" is not news on a new object
-        events.append(Event("Warning" if _is_warning(condition) else "Normal", condition["reason"], condition["message"]))
+        event = Event("Warning" if _is_warning(condition) else "Normal", condition["reason"], condition["message"])
+        if event not in events:  # a failed pull flips WeightsReady and Degraded with the same words
+            events.append(event)
     return events
 
 
