@@ -65,7 +65,7 @@ build_controlplane_into() {
     local pkg=k8s.io/component-base/version
     local ldflags="-s -w -X $pkg.gitVersion=$k8s -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean"
-    log "building kube-apiserver $k8s and etcd (first time: several minutes)"
+    log "building kube-apiserver $k8s and etcd (minutes with an empty Go build cache)"
     (cd "$here" &&
         "${go_build[@]}" -ldflags "$ldflags" -o "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
         "${go_build[@]}" -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3)
