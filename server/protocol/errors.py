@@ -92,6 +92,16 @@ def service_unavailable(message: str, *, retry_after: int = 1, code: str = "serv
     )
 
 
+def bad_gateway(message: str) -> APIError:
+    """A proxy (the router) could not get an answer from any backend."""
+    return APIError(502, message, type="server_error", code="bad_gateway")
+
+
+def gateway_timeout(message: str) -> APIError:
+    """A proxy (the router) waited too long for a backend's answer."""
+    return APIError(504, message, type="server_error", code="upstream_timeout")
+
+
 def payload_too_large(limit_bytes: int) -> APIError:
     return APIError(
         413,

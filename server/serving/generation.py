@@ -140,6 +140,9 @@ def usage(finished: Finished) -> Usage:
 
 
 def raise_if_failed(finished: Finished | None) -> Finished:
+    if finished is not None and finished.reason == "cancelled":
+        # The client went away; 499 is what the access log and metrics will show.
+        raise errors.APIError(499, "Client closed the request.", code="client_closed_request")
     if finished is None or finished.reason == "error":
         raise errors.internal_error()
     return finished

@@ -1,0 +1,172 @@
+"""The hot path: send one request to a model's backends and relay the answer.
+
+Bodies pass through as bytes. A non-streamed answer is read whole and then
+sent, so a backend failing at any point before that can be retried; a streamed
+answer (no Content-Length, e.g. SSE) is relayed chunk by chunk as it arrives,
+and is retried only while its first chunk has not reached the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import orjson
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from localmodel_server.protocol.errors import APIError, bad_gateway, gateway_timeout, service_unavailable
+
+from .balancer import Balancer, NoEndpoint, parse_retry_after
+from .metrics import RouterMetrics
+from .routes import RouteEntry
+from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout
+
+log = logging.getLogger(__name__)
+
+# Backend answers that mean "try another endpoint" (the backend did no work).
+RETRY_STATUSES = frozenset({502, 503})
+
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those
+# the router rewrites. Authorization is the router's own credential: backends
+# never see a client's key.
+_REQUEST_DROP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
+        b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+        b"content-encoding", b"expect", b"authorization",
+    }
+)
+_RESPONSE_DROP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+        b"upgrade", b"content-length", b"date", b"server",
+    }
+)
+
+
+def forward_header_block(raw_headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The client's end-to-end headers as "Name: value\\r\\n" lines for the backend.
+
+    aiohttp's parser has already rejected CR/LF in names and values, so the
+    lines cannot smuggle a header or a second request.
+    """
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in raw_headers if name.lower() not in _REQUEST_DROP)
+
+
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k.lower() not in _RESPONSE_DROP]
+
+
+class _BackendRefused(Exception):
+    """A backend answered 502/503: kept whole, to be relayed if no other endpoint is left."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        super().__init__(f"backend answered {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class Proxy:
+    def __init__(self, pool: UpstreamPool, balancer: Balancer, metrics: RouterMetrics) -> None:
+        self.pool = pool
+        self.balancer = balancer
+        self.metrics = metrics
+
+    async def forward(self, request: BaseRequest, entry: RouteEntry, body: bytes, header_block: bytes) -> web.StreamResponse:
+        """Answer `request` from one of `entry`'s endpoints, trying the next on a safe failure."""
+        model = entry.name
+        target = request.raw_path.encode("latin-1")
+        tried: list[str] = []
+        refused: _BackendRefused | None = None
+        failure: UpstreamError | None = None
+        while True:
+            try:
+                endpoint = self.balancer.pick(entry.endpoints, tried)
+            except NoEndpoint as exc:
+                if refused is not None:
+                    # Every endpoint refused: the last refusal is the most useful answer.
+                    return web.Response(status=refused.status, body=refused.body, headers=_response_headers(refused.headers))
+                raise self._exhausted(entry, tried, failure, exc.retry_after) from None
+            if tried:
+                self.metrics.retries.labels(model).inc()
+            tried.append(endpoint.url)
+            endpoint.in_flight += 1
+            try:
+                return await self._attempt(request, endpoint.url, target, header_block, body)
+            except _BackendRefused as exc:
+                refused = exc
+                self.metrics.upstream_errors.labels(model, f"status_{exc.status}").inc()
+                pause = parse_retry_after(_header(exc.headers, b"retry-after"))
+                if pause is not None:
+                    self.balancer.cool_down(endpoint.url, pause)
+            except UpstreamTimeout as exc:
+                # A slow backend is not a dead one; piling the same work onto another does not help.
+                self.metrics.upstream_errors.labels(model, exc.reason).inc()
+                raise gateway_timeout(f"The backend for model '{model}' did not answer in time: {exc}.") from None
+            except UpstreamError as exc:
+                failure = exc
+                self.metrics.upstream_errors.labels(model, exc.reason).inc()
+                log.warning("model %s: %s; %s", model, exc, "retrying on another endpoint" if len(tried) < len(entry.endpoints) else "no endpoint left")
+            finally:
+                endpoint.in_flight -= 1
+
+    async def _attempt(self, request: BaseRequest, url: str, target: bytes, header_block: bytes, body: bytes) -> web.StreamResponse:
+        """One try. Raises UpstreamError or _BackendRefused only while the client has seen nothing."""
+        upstream = await self.pool.request(url, b"POST", target, header_block, body)
+        try:
+            if upstream.status in RETRY_STATUSES:
+                raise _BackendRefused(upstream.status, upstream.headers, await upstream.read())
+            if upstream.header(b"content-length") is not None:
+                data = await upstream.read()
+                return web.Response(status=upstream.status, body=data, headers=_response_headers(upstream.headers))
+            return await self._stream(request, upstream)
+        finally:
+            upstream.close()
+
+    async def _stream(self, request: BaseRequest, upstream: Response) -> web.StreamResponse:
+        first = await upstream.next_chunk()
+        out = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream.headers))
+        await out.prepare(request)
+        # From here on the client has bytes: a failure can only be reported, not retried.
+        chunk = first
+        try:
+            while chunk is not None:
+                await out.write(chunk)
+                chunk = await upstream.next_chunk()
+        except UpstreamError as exc:
+            await self._break_stream(request, out, upstream, exc)
+            return out
+        await out.write_eof()
+        return out
+
+    async def _break_stream(self, request: BaseRequest, out: web.StreamResponse, upstream: Response, exc: UpstreamError) -> None:
+        log.warning("backend failed mid-stream: %s", exc)
+        content_type = (upstream.header(b"content-type") or b"").lower()
+        if content_type.startswith(b"text/event-stream"):
+            # OpenAI's SDKs raise an APIError when an SSE event carries "error".
+            error = bad_gateway(f"The backend failed while streaming the answer: {exc}.")
+            await out.write(b"data: " + orjson.dumps(error.body()) + b"\n\n")
+            await out.write_eof()
+        elif request.transport is not None:
+            # Any other body: cut the connection so the client cannot take a partial body for a whole one.
+            request.transport.abort()
+
+    def _exhausted(self, entry: RouteEntry, tried: list[str], failure: UpstreamError | None, retry_after: float | None) -> APIError:
+        if failure is None:
+            wait = max(1, math.ceil(retry_after or 1))
+            return service_unavailable(
+                f"The model '{entry.name}' is busy: its backends asked to retry after {wait} s.",
+                retry_after=wait,
+                code="model_busy",
+            )
+        endpoints = "endpoint" if len(tried) == 1 else f"{len(tried)} endpoints"
+        return bad_gateway(f"No backend of model '{entry.name}' answered (tried {endpoints}): {failure}.")
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None

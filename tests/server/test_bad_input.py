@@ -1,0 +1,121 @@
+"""Every client mistake gets a 4xx with the OpenAI error envelope: never a 500, never FastAPI's 422."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.llama
+
+USER = [{"role": "user", "content": "hi"}]
+
+CASES = [
+    # (name, path, body (dict, or raw bytes), status, code, param)
+    ("malformed json", "/v1/chat/completions", b'{"model": "llama3", "messages": [', 400, "invalid_json", None),
+    ("body not an object", "/v1/chat/completions", b"[1, 2]", 400, "invalid_type", None),
+    ("missing model", "/v1/chat/completions", {"messages": USER}, 400, "missing_required_parameter", "model"),
+    ("missing messages", "/v1/chat/completions", {"model": "llama3"}, 400, "missing_required_parameter", "messages"),
+    ("messages wrong type", "/v1/chat/completions", {"model": "llama3", "messages": "hi"}, 400, "invalid_value", "messages"),
+    ("empty messages", "/v1/chat/completions", {"model": "llama3", "messages": []}, 400, "invalid_value", "messages"),
+    ("bad role", "/v1/chat/completions", {"model": "llama3", "messages": [{"role": "wizard", "content": "x"}]},
+     400, "invalid_value", "messages.0.role"),
+    ("temperature type", "/v1/chat/completions", {"model": "llama3", "messages": USER, "temperature": "hot"},
+     400, "invalid_value", "temperature"),
+    ("temperature range", "/v1/chat/completions", {"model": "llama3", "messages": USER, "temperature": 5},
+     400, "invalid_value", "temperature"),
+    ("max_tokens zero", "/v1/chat/completions", {"model": "llama3", "messages": USER, "max_tokens": 0},
+     400, "invalid_value", "max_tokens"),
+    ("max_tokens negative", "/v1/completions", {"model": "llama3", "prompt": "x", "max_tokens": -5},
+     400, "invalid_value", "max_tokens"),
+    ("n above one", "/v1/chat/completions", {"model": "llama3", "messages": USER, "n": 2}, 400, "invalid_value", "n"),
+    ("unknown model", "/v1/chat/completions", {"model": "gpt-5", "messages": USER}, 404, "model_not_found", "model"),
+    ("unknown model on completions", "/v1/completions", {"model": "gpt-5", "prompt": "x"}, 404, "model_not_found", "model"),
+    ("invalid json schema", "/v1/chat/completions",
+     {"model": "llama3", "messages": USER, "response_format": {"type": "json_schema", "json_schema": {
+         "name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}},
+     400, "invalid_json_schema", "response_format.json_schema"),
+    ("json_schema without schema object", "/v1/chat/completions",
+     {"model": "llama3", "messages": USER, "response_format": {"type": "json_schema"}}, 400, "invalid_value", "response_format"),
+    ("tool_choice names no tool", "/v1/chat/completions",
+     {"model": "llama3", "messages": USER, "tool_choice": {"type": "function", "function": {"name": "f"}}},
+     400, "invalid_value", None),
+    ("too many stop strings", "/v1/chat/completions", {"model": "llama3", "messages": USER, "stop": ["a"] * 17},
+     400, "invalid_value", "stop"),
+    ("token id outside vocab", "/v1/completions", {"model": "llama3", "prompt": [1, 99999999]}, 400, None, "prompt"),
+    ("logit_bias key not a token", "/v1/chat/completions",
+     {"model": "llama3", "messages": USER, "logit_bias": {"hello": 1}}, 400, "invalid_value", "logit_bias"),
+    ("embeddings on a chat model", "/v1/embeddings", {"model": "llama3", "input": "x"}, 400, "unsupported_model", "model"),
+    ("empty embedding input", "/v1/embeddings", {"model": "llama3", "input": []}, 400, "invalid_value", "input"),
+    ("unknown path", "/v1/nothing", {"model": "llama3"}, 404, "not_found", None),
+]
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str | None, param: str | None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and "Traceback" not in error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+@pytest.mark.parametrize("name,path,body,status,code,param", CASES, ids=[c[0] for c in CASES])
+def test_bad_request_gets_openai_error(chat_server, name, path, body, status, code, param):
+    url = chat_server.base_url + path
+    if isinstance(body, bytes):
+        response = httpx.post(url, content=body, headers={"content-type": "application/json"})
+    else:
+        response = httpx.post(url, json=body)
+    error = assert_envelope(response, status, code, param)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_prompt_longer_than_the_context(chat_server):
+    # The shared server has 512 tokens per request.
+    response = httpx.post(f"{chat_server.base_url}/v1/chat/completions",
+                          json={"model": "llama3", "messages": [{"role": "user", "content": "word " * 800}]})
+    error = assert_envelope(response, 400, "context_length_exceeded", "messages")
+    assert "maximum context length is 512 tokens" in error["message"]
+
+
+def test_prompt_plus_max_tokens_over_the_context(chat_server):
+    response = httpx.post(f"{chat_server.base_url}/v1/chat/completions",
+                          json={"model": "llama3", "messages": USER, "max_tokens": 600})
+    assert_envelope(response, 400, "context_length_exceeded", "messages")
+
+
+def test_oversized_body_is_413(chat_server):
+    huge = {"model": "llama3", "messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024)}]}
+    response = httpx.post(f"{chat_server.base_url}/v1/chat/completions", json=huge)
+    assert_envelope(response, 413, "request_too_large", None)
+
+
+def test_oversized_chunked_body_is_413(chat_server):
+    def body():
+        for _ in range(10):
+            yield b"x" * (1024 * 1024)
+
+    response = httpx.post(f"{chat_server.base_url}/v1/chat/completions", content=body(),
+                          headers={"content-type": "application/json"})
+    assert_envelope(response, 413, "request_too_large", None)
+
+
+def test_chat_on_an_embedding_model(embed_server):
+    response = httpx.post(f"{embed_server.base_url}/v1/chat/completions", json={"model": "tiny-embed", "messages": USER})
+    assert_envelope(response, 400, "unsupported_model", "model")
+
+
+def test_sdk_maps_errors_to_typed_exceptions(chat_server):
+    client = openai.OpenAI(base_url=f"{chat_server.base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="nope", messages=USER)
+    assert not_found.value.code == "model_not_found"
+    assert "tiny-chat" in not_found.value.message and "llama3" in not_found.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="llama3", messages=[])
+    assert bad.value.param == "messages"
