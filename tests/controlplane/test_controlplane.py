@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from kubernetes.client import (
 )
 from kubernetes.client.exceptions import ApiException
 
-from support.controlplane import ControlPlane
+from support.controlplane import ControlPlane, namespace_name
 
 GROUP, VERSION, PLURAL = "test.localmodel.dev", "v1", "widgets"
 
@@ -38,6 +39,13 @@ def eventually(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize("test_name", ["test_x[Mixed_Case-1]", "t" * 80, "___"])
+def test_namespace_name_is_a_unique_dns_label(test_name: str) -> None:
+    name = namespace_name(test_name)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
+    assert namespace_name(test_name) != name
 
 
 def test_configmap_create_get_list_watch_delete(admin: ApiClient, namespace: str) -> None:
