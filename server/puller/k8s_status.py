@@ -10,6 +10,7 @@ progress patch is logged and skipped: reporting must never fail a download.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -38,12 +39,17 @@ def parse_target(text: str) -> tuple[str, str]:
 
 
 def api_from_environment() -> client.CustomObjectsApi:
-    """In-cluster ServiceAccount config in a pod; KUBECONFIG (or ~/.kube/config) elsewhere."""
+    """In-cluster ServiceAccount config in a pod; KUBECONFIG (or ~/.kube/config) elsewhere.
+
+    A private Configuration, so the process-wide kubernetes client default is left alone.
+    """
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
+        # Read now: the kubernetes package captures KUBECONFIG at import time.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    return client.CustomObjectsApi(client.ApiClient(configuration))
 
 
 class KubernetesStatusReporter:

@@ -50,7 +50,7 @@ class FakeHub(ThreadingHTTPServer):
         self.cdn = cdn
         self.repos: dict[str, FakeRepo] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
-        self._thread = threading.Thread(target=self.serve_forever, name="fake-hub", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="fake-hub", daemon=True)
 
     @property
     def endpoint(self) -> str:

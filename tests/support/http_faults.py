@@ -57,7 +57,7 @@ class FaultyHTTPServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, ServedFile] = {}
         self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, name="http-faults", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="http-faults", daemon=True)
 
     @property
     def base_url(self) -> str:

@@ -31,7 +31,7 @@ class StatusCaptureServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.patches: list[CapturedPatch] = []
         self.fail_with: int | None = None  # answer PATCHes with this status instead of 200
-        self._thread = threading.Thread(target=self.serve_forever, name="status-capture", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="status-capture", daemon=True)
 
     def start(self) -> StatusCaptureServer:
         self._thread.start()
