@@ -9,4 +9,5 @@ pytest_plugins: list[str] = [
     "support.fake_hub",
     "support.s3_moto",
     "support.status_capture",
+    "support.router_procs",
 ]

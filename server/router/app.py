@@ -158,8 +158,8 @@ class Router:
             entry = self.table.resolve(read_model_field(body))
             label = entry.name
             header_block = forward_header_block(request.raw_headers)
-            self.metrics.routing_seconds.labels(label).observe(time.perf_counter() - started)
-            in_flight = self.metrics.in_flight.labels(label)
+            routing_seconds, in_flight = self.metrics.for_model(label)
+            routing_seconds.observe(time.perf_counter() - started)
             in_flight.inc()
             try:
                 assert self._proxy is not None, "Router.server() creates the proxy"
@@ -178,7 +178,7 @@ class Router:
             log.exception("unexpected error while routing %s", request.path)
             return error_response(internal_error())
         finally:
-            self.metrics.requests.labels(label, str(code)).inc()
+            self.metrics.count_request(label, code)
 
     async def _read_body(self, request: BaseRequest) -> bytes:
         limit = self.settings.max_body_bytes

@@ -60,6 +60,22 @@ class RouterMetrics:
             ["ready"],
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._model_children: dict[str, tuple[Histogram, Gauge]] = {}
+
+    def count_request(self, model: str, code: int) -> None:
+        # labels() validates and locks on every call; the hot path reuses children.
+        child = self._request_children.get((model, code))
+        if child is None:
+            child = self._request_children[(model, code)] = self.requests.labels(model, str(code))
+        child.inc()
+
+    def for_model(self, model: str) -> tuple[Histogram, Gauge]:
+        """The routing-latency and in-flight children of one model, cached."""
+        children = self._model_children.get(model)
+        if children is None:
+            children = self._model_children[model] = (self.routing_seconds.labels(model), self.in_flight.labels(model))
+        return children
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -268,7 +268,8 @@ class UpstreamPool:
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n" % (
             method, target, origin.host_header, header_block, len(body),
         )
-        data = [head, body] if body else [head]
+        # One write for small bodies (one segment on the wire); big ones are not copied.
+        data = [head + body] if len(body) < 65536 else [head, body]
         conn = self._take_idle(origin)
         if conn is not None:
             try:
