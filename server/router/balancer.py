@@ -20,17 +20,19 @@ MAX_COOLDOWN_S = 60.0
 class EndpointState:
     url: str
     in_flight: int = 0
-    # Monotonic time before which the backend asked not to be sent requests.
+    # Monotonic time before which the endpoint gets no requests, and why.
     cooldown_until: float = 0.0
+    cooldown_reason: str = ""
 
 
 class NoEndpoint(Exception):
     """Every candidate endpoint was tried or asked for a pause."""
 
-    def __init__(self, retry_after: float | None) -> None:
+    def __init__(self, retry_after: float | None, reason: str = "") -> None:
         super().__init__("no endpoint available")
-        # Seconds until the first cooling-down endpoint takes requests again, if any.
+        # Seconds until the first cooling-down endpoint takes requests again, if any, and why it rests.
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class Balancer:
@@ -52,7 +54,7 @@ class Balancer:
         """
         now = self._clock()
         best: EndpointState | None = None
-        soonest: float | None = None
+        soonest: EndpointState | None = None
         count = len(endpoints)
         # Starting the scan at a rotating offset spreads ties evenly.
         self._turn = (self._turn + 1) % count if count else 0
@@ -62,20 +64,25 @@ class Balancer:
                 continue
             state = self.state(url)
             if state.cooldown_until > now:
-                wait = state.cooldown_until - now
-                soonest = wait if soonest is None else min(soonest, wait)
+                if soonest is None or state.cooldown_until < soonest.cooldown_until:
+                    soonest = state
                 continue
             if best is None or state.in_flight < best.in_flight:
                 best = state
         if best is None:
-            raise NoEndpoint(soonest)
+            if soonest is None:
+                raise NoEndpoint(None)
+            raise NoEndpoint(soonest.cooldown_until - now, soonest.cooldown_reason)
         return best
 
-    def cool_down(self, url: str, seconds: float) -> None:
-        """Keep requests away from `url` for `seconds` (a backend's Retry-After)."""
+    def cool_down(self, url: str, seconds: float, reason: str) -> None:
+        """Keep requests away from `url` for `seconds` (a backend's Retry-After, or after a failed connect)."""
         seconds = min(max(seconds, 0.0), MAX_COOLDOWN_S)
         state = self.state(url)
-        state.cooldown_until = max(state.cooldown_until, self._clock() + seconds)
+        until = self._clock() + seconds
+        if until > state.cooldown_until:
+            state.cooldown_until = until
+            state.cooldown_reason = reason
 
     def forget_except(self, live: Collection[str]) -> None:
         """Drop idle state of endpoints that are gone from every route."""

@@ -20,12 +20,15 @@ from localmodel_server.protocol.errors import APIError, bad_gateway, gateway_tim
 from .balancer import Balancer, NoEndpoint, parse_retry_after
 from .metrics import RouterMetrics
 from .routes import RouteEntry
-from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout
+from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 # Backend answers that mean "try another endpoint" (the backend did no work).
 RETRY_STATUSES = frozenset({502, 503})
+# An endpoint that refused a connection rests this long, so that each request
+# until discovery drops it does not pay for a failed connect first.
+CONNECT_FAILURE_REST_S = 1.0
 
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those
 # the router rewrites. Authorization is the router's own credential: backends
@@ -88,7 +91,7 @@ class Proxy:
                 if refused is not None:
                     # Every endpoint refused: the last refusal is the most useful answer.
                     return web.Response(status=refused.status, body=refused.body, headers=_response_headers(refused.headers))
-                raise self._exhausted(entry, tried, failure, exc.retry_after) from None
+                raise self._exhausted(entry, tried, failure, exc) from None
             if tried:
                 self.metrics.retries.labels(model).inc()
             tried.append(endpoint.url)
@@ -100,7 +103,7 @@ class Proxy:
                 self.metrics.upstream_errors.labels(model, f"status_{exc.status}").inc()
                 pause = parse_retry_after(_header(exc.headers, b"retry-after"))
                 if pause is not None:
-                    self.balancer.cool_down(endpoint.url, pause)
+                    self.balancer.cool_down(endpoint.url, pause, f"its backends asked to retry after {math.ceil(pause)} s")
             except UpstreamTimeout as exc:
                 # A slow backend is not a dead one; piling the same work onto another does not help.
                 self.metrics.upstream_errors.labels(model, exc.reason).inc()
@@ -108,6 +111,8 @@ class Proxy:
             except UpstreamError as exc:
                 failure = exc
                 self.metrics.upstream_errors.labels(model, exc.reason).inc()
+                if isinstance(exc, ConnectFailed):
+                    self.balancer.cool_down(endpoint.url, CONNECT_FAILURE_REST_S, f"no backend accepted a connection ({exc})")
                 log.warning("model %s: %s; %s", model, exc, "retrying on another endpoint" if len(tried) < len(entry.endpoints) else "no endpoint left")
             finally:
                 endpoint.in_flight -= 1
@@ -153,11 +158,11 @@ class Proxy:
             # Any other body: cut the connection so the client cannot take a partial body for a whole one.
             request.transport.abort()
 
-    def _exhausted(self, entry: RouteEntry, tried: list[str], failure: UpstreamError | None, retry_after: float | None) -> APIError:
+    def _exhausted(self, entry: RouteEntry, tried: list[str], failure: UpstreamError | None, resting: NoEndpoint) -> APIError:
         if failure is None:
-            wait = max(1, math.ceil(retry_after or 1))
+            wait = max(1, math.ceil(resting.retry_after or 1))
             return service_unavailable(
-                f"The model '{entry.name}' is busy: its backends asked to retry after {wait} s.",
+                f"The model '{entry.name}' cannot answer now: {resting.reason or 'no endpoint is available'}.",
                 retry_after=wait,
                 code="model_busy",
             )

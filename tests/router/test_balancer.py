@@ -42,11 +42,12 @@ def test_tried_endpoints_are_skipped_and_exhaustion_is_reported():
 def test_cooling_endpoint_gets_no_requests_until_its_retry_after_passed():
     clock = Clock()
     balancer = Balancer(clock)
-    balancer.cool_down(A, 5)
+    balancer.cool_down(A, 5, "asked to wait")
     assert {balancer.pick([A, B]).url for _ in range(4)} == {B}
     with pytest.raises(NoEndpoint) as caught:
         balancer.pick([A])
     assert caught.value.retry_after == pytest.approx(5)
+    assert caught.value.reason == "asked to wait"
     clock.now += 5.1
     assert balancer.pick([A]).url == A
 
@@ -54,7 +55,7 @@ def test_cooling_endpoint_gets_no_requests_until_its_retry_after_passed():
 def test_cool_down_is_capped():
     clock = Clock()
     balancer = Balancer(clock)
-    balancer.cool_down(A, 86400)
+    balancer.cool_down(A, 86400, "long")
     clock.now += MAX_COOLDOWN_S + 0.1
     assert balancer.pick([A]).url == A
 
@@ -62,7 +63,7 @@ def test_cool_down_is_capped():
 def test_forget_drops_idle_endpoints_but_keeps_busy_ones():
     balancer = Balancer()
     balancer.state(A).in_flight = 1
-    balancer.cool_down(B, 30)
+    balancer.cool_down(B, 30, "x")
     balancer.forget_except({C})
     assert balancer.state(A).in_flight == 1
     assert balancer.state(B).cooldown_until == 0.0  # forgotten, so fresh

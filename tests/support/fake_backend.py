@@ -46,7 +46,7 @@ class Stats:
     finished: int = 0
     cancelled: int = 0
     last_body: Any = None
-    last_headers: dict[str, str] | None = None
+    last_headers: dict[str, str] | None = None  # names lower-cased
 
 
 _COMPLETION_FIXED = orjson.dumps(
@@ -127,7 +127,7 @@ class FakeBackend:
         self.stats.in_flight += 1
         body = orjson.loads(raw)
         self.stats.last_body = body
-        self.stats.last_headers = {str(k): v for k, v in request.headers.items()}
+        self.stats.last_headers = {k.lower(): v for k, v in request.headers.items()}
         return body
 
     def _error_response(self) -> web.Response:
