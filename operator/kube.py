@@ -98,7 +98,7 @@ class Kube:
             )
         except ApiException as exc:
             raise _kube_error(exc) from None
-        data = response[0].data
+        data = response.data
         return json.loads(data) if data else {}
 
     async def _request(self, *args: Any, **kwargs: Any) -> dict[str, Any]:

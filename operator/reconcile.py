@@ -45,7 +45,9 @@ async def reconcile(kube: Kube, settings: OperatorSettings, body: Mapping[str, A
         return  # the garbage collector removes the owned children
     model = LocalModel.from_body(body)
     source = model.spec.source
-    jobs = await kube.list("batch/v1", "Job", model.namespace, meta.labels(model.name, meta.PULLER_COMPONENT))
+    listed = await kube.list("batch/v1", "Job", model.namespace, meta.labels(model.name, meta.PULLER_COMPONENT))
+    # A Job on its way out does not count; its deletion event brings us back to create a new one.
+    jobs = [job for job in listed if not job["metadata"].get("deletionTimestamp")]
     current_job = next((job for job in jobs if job["metadata"]["name"] == meta.job_name(model.name, source.digest)), None)
     job = job_state(current_job) if current_job else None
     weights = current_weights(model, job)

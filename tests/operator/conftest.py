@@ -59,3 +59,54 @@ def admin(control_plane: Any, crd: None) -> Iterator[ApiClient]:
 @pytest.fixture
 def models(admin: ApiClient) -> CustomObjectsApi:
     return CustomObjectsApi(admin)
+
+
+# --- the operator, in-process, under a ServiceAccount bound to exactly the shipped rules ---------
+
+OPERATOR_SA = "localmodel-operator"
+ROUTER_URL = "http://localmodel-router.localmodel:8000"
+
+
+def bind_operator_rules(api: ApiClient, namespace: str) -> None:
+    """A ClusterRole made of charts/localmodel/files/operator-rbac-rules.yaml, bound to the operator's SA."""
+    from kubernetes.client import RbacAuthorizationV1Api
+
+    rules = yaml.safe_load(RBAC_RULES_PATH.read_text())
+    rbac = RbacAuthorizationV1Api(api)
+    name = f"localmodel-operator-{namespace}"
+    rbac.create_cluster_role({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                              "metadata": {"name": name}, "rules": rules})
+    rbac.create_cluster_role_binding({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": namespace}],
+    })
+
+
+@pytest.fixture
+def operator_kubeconfig(control_plane: Any, admin: ApiClient, namespace: str) -> Path:
+    bind_operator_rules(admin, namespace)
+    return control_plane.serviceaccount_kubeconfig(namespace, OPERATOR_SA)
+
+
+@pytest.fixture
+def operator_env(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    monkeypatch.setenv("LOCALMODEL_SERVER_IMAGE", "registry.test/localmodel:test")
+    monkeypatch.setenv("LOCALMODEL_ROUTER_URL", ROUTER_URL)
+    return operator_kubeconfig
+
+
+def kopf_runner(namespace: str) -> Any:
+    """The operator's handlers, run by kopf in a thread of this process, watching one namespace."""
+    from kopf.testing import KopfRunner
+
+    return KopfRunner(["run", "--standalone", "--namespace", namespace, "-m", "localmodel_operator.handlers"],
+                      timeout=30)
+
+
+@pytest.fixture
+def operator(operator_env: Path, namespace: str) -> Iterator[Any]:
+    with kopf_runner(namespace) as runner:
+        yield runner
+    assert runner.exit_code == 0, runner.output
