@@ -59,7 +59,7 @@ class ModelRuntime:
 
     def _load_blocking(self) -> None:
         s = self.settings
-        model = LoadedModel(s.model_path, gpu_layers=s.gpu_layers)
+        model = LoadedModel(s.model_path, gpu_layers=s.gpu_layers, weight_repacking=s.weight_repacking)
         context = s.context_size or min(model.info.context_length, DEFAULT_MAX_CONTEXT)
         if model.info.embedding_only:
             self.embedder = Embedder(

@@ -31,6 +31,10 @@ class ServerSettings(BaseSettings):
     batch_size: int = Field(512, ge=32, description="Most tokens evaluated in one decode step.")
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads.")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 offloads all.")
+    weight_repacking: bool = Field(
+        True, description="Let llama.cpp repack CPU weights for AMX/AVX-512 kernels; turn off in sandboxes "
+        "that do not enable AMX (Q4_0/Q8_0 models crash there otherwise).",
+    )
     drain_timeout: float = Field(30.0, ge=0, description="Seconds in-flight requests may finish after SIGTERM.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     host: str = Field("0.0.0.0", description="Listen address.")

@@ -51,9 +51,10 @@ class LoadedModel:
     Contexts (KV caches) are created by the engines that use the model.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, gpu_layers: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, gpu_layers: int = 0, weight_repacking: bool = True) -> None:
         _init_backend()
         params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = weight_repacking
         # -1 means "all layers", as in the CRD's gpuLayers.
         params.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
         self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)

@@ -6,7 +6,7 @@
 from .errors import PullError, Reason
 from .http import RetryPolicy
 from .progress import ProgressSink, TerminalProgress
-from .pull import pull
+from .api import pull
 from .result import PullResult
 from .source import ModelSource, SourceError, parse_source
 

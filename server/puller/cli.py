@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import PullError
 from .progress import FanOut, ProgressSink, TerminalProgress
-from .pull import pull
+from .api import pull
 from .result import PullResult
 from .source import SourceError, parse_source
 

@@ -9,30 +9,24 @@ huggingface_hub, S3 through a presigned GET made by boto3. Behaviour:
 - connection errors, truncated bodies, 408/429/5xx and stalls (no byte for
   `stall_timeout` seconds) are retried with exponential backoff; the failure
   count resets whenever an attempt made progress;
-- credentials never leave the origin host on redirect (urllib3 drops
-  Authorization across hosts) and never reach a log: URLs are redacted.
-
-urllib3 was chosen by measurement (bench/puller_throughput.py, docs/benchmarks.md):
-with 4 MiB reads it streams loopback at curl speed, where httpx and aiohttp
-spend noticeably more CPU per byte.
+- credentials never leave the origin on redirect (transport.py) and never
+  reach a log: URLs are redacted.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-import urllib3
-from urllib3.util import Retry, Timeout
 
 from .errors import PullError, Reason
 from .source import redact_url
 from .store import ModelDir, PartialDownload, RemoteVersion, storage_error
-from .writer import HashingWriter
+from .transport import TransportError, open_get
+from .writer import DiskWriteError, HashingWriter
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +73,13 @@ def fetch(
 ) -> Fetched:
     """Download into `partial` until the server says the body is complete."""
     writer = HashingWriter(partial.path, partial.size)
-    pools = _Pools()
     failures = 0
     try:
         while True:
             request = request_for_attempt()
             before = writer.offset
             try:
-                _attempt(pools, request, partial, writer, store, on_progress, policy)
+                _attempt(request, partial, writer, store, on_progress, policy)
                 return Fetched(writer.hexdigest(), writer.offset, writer.received)
             except _Retry as err:
                 failures = 1 if writer.drain() > before else failures + 1
@@ -98,15 +91,13 @@ def fetch(
                 delay = policy.backoff(failures)
                 log.warning("%s: %s; retrying in %.1fs", redact_url(request.url), err, delay)
                 time.sleep(delay)
-            except OSError as err:
-                raise storage_error(err, store.dest) or err
+    except DiskWriteError as err:
+        raise storage_error(err.error, store.dest) or err.error from None
     finally:
         writer.close()
-        pools.clear()
 
 
 def _attempt(
-    pools: _Pools,
     request: HttpRequest,
     partial: PartialDownload,
     writer: HashingWriter,
@@ -121,35 +112,28 @@ def _attempt(
         if validator := partial.version.if_range():
             headers["If-Range"] = validator
     try:
-        response = pools.get(request.url).urlopen(
-            "GET",
-            request.url,
-            headers=headers,
-            preload_content=False,
-            decode_content=False,
-            redirect=True,
-            retries=Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
-            timeout=Timeout(connect=policy.connect_timeout, read=policy.stall_timeout),
-        )
-    except urllib3.exceptions.HTTPError as err:
-        raise _Retry(_describe(err)) from None
+        response = open_get(request.url, headers, policy.connect_timeout, policy.stall_timeout)
+    except TransportError as err:
+        if not err.retryable:
+            raise PullError(Reason.NETWORK_ERROR, f"{redact_url(request.url)}: {err}") from None
+        raise _Retry(str(err)) from None
     try:
         total = _accept(response, partial, writer, offset, request.url)
         if total is not None:
             store.ensure_free_space(total - writer.offset)
         _stream(response, writer, total, on_progress)
     finally:
-        response.release_conn()
+        response.close()
 
 
 def _accept(
-    response: urllib3.BaseHTTPResponse, partial: PartialDownload, writer: HashingWriter, offset: int, url: str
+    response: http.client.HTTPResponse, partial: PartialDownload, writer: HashingWriter, offset: int, url: str
 ) -> int | None:
     """Check the status and the range; returns the total size, restarting the partial if needed."""
     status = response.status
     version = RemoteVersion(
-        etag=response.headers.get("ETag"),
-        last_modified=response.headers.get("Last-Modified"),
+        etag=response.getheader("ETag"),
+        last_modified=response.getheader("Last-Modified"),
         size=_total_size(response),
     )
     if status == 200:
@@ -158,7 +142,7 @@ def _accept(
         _restart(partial, writer, version)
         return version.size
     if status == 206:
-        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        match = _CONTENT_RANGE.match(response.getheader("Content-Range", ""))
         stored = partial.version
         changed = stored is not None and bool(stored.etag and version.etag and stored.etag != version.etag)
         if match is None or int(match.group(1)) != offset or changed:
@@ -178,13 +162,15 @@ def _accept(
 
 
 def _stream(
-    response: urllib3.BaseHTTPResponse, writer: HashingWriter, total: int | None, on_progress: ProgressCallback
+    response: http.client.HTTPResponse, writer: HashingWriter, total: int | None, on_progress: ProgressCallback
 ) -> None:
     try:
         while writer.fill(response.readinto):
             on_progress(writer.offset, total)
-    except urllib3.exceptions.HTTPError as err:
-        raise _Retry(_describe(err)) from None
+    except TimeoutError:
+        raise _Retry("the transfer stalled") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise _Retry(f"the connection broke mid-transfer ({type(err).__name__})") from None
     done = writer.drain()
     on_progress(done, total)
     if total is not None and done != total:
@@ -197,46 +183,9 @@ def _restart(partial: PartialDownload, writer: HashingWriter, version: RemoteVer
     writer.reset()
 
 
-def _total_size(response: urllib3.BaseHTTPResponse) -> int | None:
+def _total_size(response: http.client.HTTPResponse) -> int | None:
     if response.status == 206:
-        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        match = _CONTENT_RANGE.match(response.getheader("Content-Range", ""))
         return int(match.group(3)) if match and match.group(3) != "*" else None
-    length = response.headers.get("Content-Length")
+    length = response.getheader("Content-Length")
     return int(length) if length and length.isdigit() else None
-
-
-def _describe(err: urllib3.exceptions.HTTPError) -> str:
-    """A short cause without URLs (they may carry presigned credentials)."""
-    reason = getattr(err, "reason", None) or err
-    if isinstance(reason, urllib3.exceptions.ReadTimeoutError | TimeoutError):
-        return "the transfer stalled"
-    if isinstance(reason, urllib3.exceptions.ProtocolError):
-        return "the connection broke mid-transfer"
-    if isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError):
-        return "cannot connect"
-    return type(reason).__name__
-
-
-class _Pools:
-    """One connection pool per proxy choice, honouring HTTPS_PROXY/HTTP_PROXY/NO_PROXY."""
-
-    def __init__(self) -> None:
-        self._pools: dict[str | None, urllib3.PoolManager] = {}
-
-    def get(self, url: str) -> urllib3.PoolManager:
-        proxy = _proxy_for(url)
-        if proxy not in self._pools:
-            self._pools[proxy] = urllib3.PoolManager() if proxy is None else urllib3.ProxyManager(proxy)
-        return self._pools[proxy]
-
-    def clear(self) -> None:
-        for pool in self._pools.values():
-            pool.clear()
-
-
-def _proxy_for(url: str) -> str | None:
-    scheme, _, rest = url.partition("://")
-    host = rest.split("/", 1)[0]
-    if urllib.request.proxy_bypass_environment(host):
-        return None
-    return urllib.request.getproxies_environment().get(scheme)

@@ -21,6 +21,14 @@ BLOCK_SIZE = 4 << 20
 _POOL_BLOCKS = 4
 
 
+class DiskWriteError(Exception):
+    """Writing the partial file failed (full volume, I/O error): not a network problem."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class HashingWriter:
     """Appends to `path` (which already holds `offset` valid bytes) and keeps its sha256."""
 
@@ -96,7 +104,7 @@ class HashingWriter:
 
     def _raise_pending(self) -> None:
         if self._error is not None:
-            raise self._error
+            raise DiskWriteError(self._error)
 
 
 def _write_all(fd: int, view: memoryview) -> None:

@@ -1,0 +1,182 @@
+"""Model server throughput, TTFT and memory against baselines measured in the same run.
+
+1. Single-stream decode tok/s through our HTTP server / direct llama_cpp.Llama in-process.
+2. At 1, 2, 4 and 8 concurrent streams: aggregate tok/s and p50/p95 TTFT for our
+   server and for `python -m llama_cpp.server --interrupt_requests false`, same
+   model and threads.
+3. Peak RSS of each.
+
+    .venv/bin/python bench/server_throughput.py [--tokens 64] [--threads 2]
+
+The model is a random-weight ~0.5B llama in Q5_0 (generated on first use):
+random weights cost the same compute as trained ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from support.model_server import free_port  # noqa: E402
+
+from localmodel_server import testmodels  # noqa: E402
+
+PROMPTS = [f"Request {i}: write a long story about a lighthouse keeper and the sea." for i in range(8)]
+
+
+@dataclass
+class StreamResult:
+    ttft: float
+    tokens: int
+    token_times: list[float]
+
+
+def bench_model() -> Path:
+    path = testmodels.cache_dir() / "bench" / "bench-0.5b-q5_0.gguf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"generating {path} (once)...", file=sys.stderr)
+        testmodels.write_bench_model(path)
+    return path
+
+
+def direct_decode_rate(model: Path, tokens: int, threads: int) -> float:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+    times = []
+    for _ in llm.create_completion(PROMPTS[0], max_tokens=tokens, temperature=0, repeat_penalty=1.0, stream=True):
+        times.append(time.perf_counter())
+    del llm
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def one_stream(client: httpx.AsyncClient, prompt: str, tokens: int) -> StreamResult:
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            "temperature": 0, "stream": True, "repeat_penalty": 1.0}
+    started = time.perf_counter()
+    times: list[float] = []
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = orjson.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content"):
+                times.append(time.perf_counter())
+    return StreamResult(ttft=times[0] - started, tokens=len(times), token_times=times)
+
+
+async def concurrent(base_url: str, n: int, tokens: int) -> tuple[float, list[float], list[StreamResult]]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, PROMPTS[i], tokens) for i in range(n)))
+        wall = time.perf_counter() - started
+    return sum(r.tokens for r in results) / wall, [r.ttft for r in results], results
+
+
+def start(args: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                # Our server lists models while loading; /readyz says when it serves.
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                if ready.status_code in (200, 404):
+                    return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server {args[:4]} did not start")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_server(name: str, args: list[str], port: int, levels: list[int], tokens: int) -> dict:
+    proc = start(args, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(concurrent(base, 1, 8))  # warm-up
+        single = asyncio.run(concurrent(base, 1, tokens))[2][0]
+        decode = (single.tokens - 1) / (single.token_times[-1] - single.token_times[0])
+        rows = {}
+        for n in levels:
+            rate, ttfts, _ = asyncio.run(concurrent(base, n, tokens))
+            rows[n] = (rate, statistics.median(ttfts), _p95(ttfts))
+            print(f"  {name} x{n}: {rate:.1f} tok/s, p50 TTFT {rows[n][1]:.2f}s", file=sys.stderr)
+        return {"decode": decode, "levels": rows, "rss": peak_rss_mib(proc.pid)}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--levels", default="1,2,4,8")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    model = bench_model()
+    t = str(args.threads)
+
+    direct = direct_decode_rate(model, args.tokens, args.threads)
+    direct_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  direct Llama: {direct:.1f} tok/s", file=sys.stderr)
+
+    port = free_port()
+    ours = run_server("localmodel-server", [
+        sys.executable, "-m", "localmodel_server.main", "--model-path", str(model), "--served-name", "bench",
+        "--host", "127.0.0.1", "--port", str(port), "--threads", t, "--parallel", str(max(levels)),
+        "--context-size", "512",
+    ], port, levels, args.tokens)
+    port = free_port()
+    theirs = run_server("llama_cpp.server", [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "bench",
+        "--host", "127.0.0.1", "--port", str(port), "--n_threads", t, "--n_threads_batch", t,
+        "--n_ctx", "1024", "--interrupt_requests", "false",
+    ], port, levels, args.tokens)
+
+    print(f"\nModel: {model.name} ({model.stat().st_size / 2**20:.0f} MiB), {args.tokens} tokens per request, "
+          f"{args.threads} threads.\n")
+    print("| measure | localmodel-server | baseline | ratio |")
+    print("|---|---|---|---|")
+    print(f"| single-stream decode tok/s (vs direct llama_cpp.Llama) | {ours['decode']:.1f} | {direct:.1f} "
+          f"| {ours['decode'] / direct:.2f} |")
+    for n in levels:
+        o, b = ours["levels"][n], theirs["levels"][n]
+        print(f"| {n} streams: aggregate tok/s (vs llama_cpp.server) | {o[0]:.1f} | {b[0]:.1f} | {o[0] / b[0]:.2f} |")
+        print(f"| {n} streams: p50 TTFT s | {o[1]:.2f} | {b[1]:.2f} | {o[1] / b[1]:.2f} |")
+        print(f"| {n} streams: p95 TTFT s | {o[2]:.2f} | {b[2]:.2f} | {o[2] / b[2]:.2f} |")
+    print(f"| peak RSS MiB (vs llama_cpp.server) | {ours['rss']:.0f} | {theirs['rss']:.0f} "
+          f"| {ours['rss'] / theirs['rss']:.2f} |")
+    print(f"| peak RSS MiB of direct llama_cpp.Llama (bench process) | | {direct_rss:.0f} | |")
+
+
+if __name__ == "__main__":
+    main()
