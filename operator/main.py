@@ -8,6 +8,7 @@ import os
 import sys
 
 import kopf
+from aiohttp import web
 
 from localmodel_operator import handlers  # noqa: F401 - registers the handlers
 from localmodel_operator.kube import Kube, load_api_client
@@ -15,31 +16,48 @@ from localmodel_operator.leader import LeaderElector
 from localmodel_operator.reconcile import ModelLocks
 from localmodel_operator.settings import OperatorSettings
 
-LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
 log = logging.getLogger("localmodel_operator")
 
 
+async def _healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def start_health_server(port: int) -> web.AppRunner:
+    """GET /healthz for the liveness probe, from the start: a standby replica is healthy too."""
+    app = web.Application()
+    app.router.add_get("/healthz", _healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
+
+
 async def run(config: OperatorSettings) -> int:
+    health = await start_health_server(config.health_port)
     kube = Kube(load_api_client())
     lease_namespace = config.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
     elector = LeaderElector(kube, lease_namespace, config.lease_name, config.identity, config.lease_duration_s)
-    log.info("waiting for the Lease %s/%s as %s", lease_namespace, config.lease_name, config.identity)
-    await elector.acquire()
-    stop = asyncio.Event()
-    holder = asyncio.create_task(elector.hold(stop))
     try:
-        await kopf.operator(
-            standalone=True,
-            clusterwide=not config.namespaces,
-            namespaces=config.namespaces,
-            stop_flag=stop,
-            liveness_endpoint=LIVENESS_ENDPOINT,
-            memo=kopf.Memo(config=config, kube=kube, locks=ModelLocks()),
-        )
+        log.info("waiting for the Lease %s/%s as %s", lease_namespace, config.lease_name, config.identity)
+        await elector.acquire()
+        stop = asyncio.Event()
+        holder = asyncio.create_task(elector.hold(stop))
+        try:
+            await kopf.operator(
+                standalone=True,
+                clusterwide=not config.namespaces,
+                namespaces=config.namespaces,
+                stop_flag=stop,
+                memo=kopf.Memo(config=config, kube=kube, locks=ModelLocks()),
+            )
+        finally:
+            holder.cancel()
+            if not elector.lost:
+                await elector.release()
     finally:
-        holder.cancel()
-        if not elector.lost:
-            await elector.release()
+        kube.close()
+        await health.cleanup()
     return 1 if elector.lost else 0
 
 

@@ -39,6 +39,7 @@ class OperatorSettings(BaseSettings):
     lease_namespace: str = Field("", description="Namespace of the Lease; defaults to POD_NAMESPACE, else 'default'.")
     lease_duration_s: int = Field(15, ge=5, description="A leader that has not renewed for this long is replaced.")
     identity: str = Field(default_factory=socket.gethostname, description="This replica's name in the Lease.")
+    health_port: int = Field(8080, ge=1, le=65535, description="Port of GET /healthz, answered while leading and standing by.")
 
     @model_validator(mode="before")
     @classmethod

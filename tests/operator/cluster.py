@@ -23,7 +23,7 @@ def eventually(check: Callable[[], T], timeout: float = 30.0) -> T:
     while True:
         try:
             return check()
-        except (AssertionError, ApiException, KeyError, StopIteration):
+        except (AssertionError, ApiException, KeyError, StopIteration, OSError):
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.1)
