@@ -30,10 +30,11 @@ class Process:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -87,16 +88,17 @@ def _wait_until(check: Callable[[], int | None], proc: subprocess.Popen[bytes], 
     raise RuntimeError(f"{what} did not start in {timeout}s:\n{log.read_text(errors='replace')}")
 
 
-def start_fake_backend(name: str, log_dir: Path) -> FakeBackendProcess:
+def start_fake_backend(name: str, log_dir: Path, host: str = "127.0.0.1") -> FakeBackendProcess:
     log_path = log_dir / f"fake-{name}-{time.monotonic_ns()}.log"
     with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(FAKE_BACKEND), "--port", "0", "--name", name], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, str(FAKE_BACKEND), "--host", host, "--port", "0", "--name", name],
+                                stdout=out, stderr=subprocess.STDOUT)
 
     def port() -> int | None:
         match = re.search(rb"LISTENING (\d+)", log_path.read_bytes())
         return int(match.group(1)) if match else None
 
-    return FakeBackendProcess(proc, _wait_until(port, proc, "fake backend", log_path, 20), log_path)
+    return FakeBackendProcess(proc, _wait_until(port, proc, "fake backend", log_path, 20), log_path, host)
 
 
 def start_router(args: list[str], log_dir: Path, env: dict[str, str] | None = None, wait_ready: bool = True) -> RouterProcess:
@@ -120,12 +122,12 @@ def start_router(args: list[str], log_dir: Path, env: dict[str, str] | None = No
 
 
 @pytest.fixture
-def fake_backend(tmp_path: Path) -> Iterator[Callable[[str], FakeBackendProcess]]:
-    """Start fake backends by name; all are killed after the test."""
+def fake_backend(tmp_path: Path) -> Iterator[Callable[..., FakeBackendProcess]]:
+    """Start fake backends by name (on 127.0.0.1 unless a host is given); all are killed after the test."""
     started: list[FakeBackendProcess] = []
 
-    def start(name: str) -> FakeBackendProcess:
-        backend = start_fake_backend(name, tmp_path)
+    def start(name: str, host: str = "127.0.0.1") -> FakeBackendProcess:
+        backend = start_fake_backend(name, tmp_path, host)
         started.append(backend)
         return backend
 

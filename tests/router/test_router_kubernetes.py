@@ -1,0 +1,149 @@
+"""The router discovering LocalModels and their EndpointSlices in the real control plane.
+
+Nothing runs pods there, so the test plays the EndpointSlice controller: it
+writes slices pointing at fake backends on this machine, labelled as the
+controller labels them (Service labels copied, plus kubernetes.io/service-name).
+The apiserver refuses loopback addresses in EndpointSlices, so the backends
+listen on this machine's own non-loopback address; traffic stays on the host.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+from kubernetes.client import ApiextensionsV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api, RbacAuthorizationV1Api
+from kubernetes.client.exceptions import ApiException
+
+from support.model_server import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "localmodel.dev_localmodels.yaml"
+RULES_PATH = ROOT / "charts" / "localmodel" / "files" / "router-rbac-rules.yaml"
+GROUP, VERSION, PLURAL = "localmodel.dev", "v1alpha1", "localmodels"
+ROUTER_SA = "localmodel-router"
+
+
+@pytest.fixture(scope="module")
+def host_address() -> str:
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return address.address
+    pytest.skip("this machine has no non-loopback IPv4 address for EndpointSlices to point at")
+
+
+@pytest.fixture(scope="module")
+def admin(control_plane):
+    with control_plane.api_client() as api:
+        ensure_crd(api)
+        yield api
+
+
+def ensure_crd(api) -> None:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    extensions = ApiextensionsV1Api(api)
+    try:
+        extensions.create_custom_resource_definition(crd)
+    except ApiException as exc:
+        if exc.status != 409:  # already installed by another test module
+            raise
+    assert wait_for(lambda: any(c.type == "Established" and c.status == "True"
+                                for c in extensions.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
+                    timeout=30)
+
+
+def bind_router_rules(api, namespace: str, account: str = ROUTER_SA) -> None:
+    """A Role made of exactly the shipped rules, bound to the router's ServiceAccount."""
+    rules = yaml.safe_load(RULES_PATH.read_text())
+    rbac = RbacAuthorizationV1Api(api)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": account}, "rules": rules})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": account},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    })
+
+
+def create_model(api, namespace: str, name: str, **spec: Any) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalModel", "metadata": {"name": name},
+            "spec": {"source": {"url": "https://models.example/tiny.gguf"}, **spec}}
+    CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def set_status(api, namespace: str, name: str, status: dict[str, Any]) -> None:
+    CustomObjectsApi(api).patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+
+def expose(api, namespace: str, model: str, address: str, port: int) -> None:
+    """The model's Service lm-<model>, and the EndpointSlice the controller would write for it."""
+    labels = {"localmodel.dev/model": model, "app.kubernetes.io/managed-by": "localmodel-operator"}
+    service = f"lm-{model}"
+    CoreV1Api(api).create_namespaced_service(namespace, {
+        "metadata": {"name": service, "labels": labels},
+        "spec": {"ports": [{"name": "http", "port": 8000, "targetPort": port}], "selector": {"localmodel.dev/model": model}},
+    })
+    DiscoveryV1Api(api).create_namespaced_endpoint_slice(namespace, {
+        "metadata": {"name": f"{service}-x1", "labels": {**labels, "kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+    })
+
+
+def chat(router, model: str) -> httpx.Response:
+    return httpx.post(f"{router.base_url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+
+
+def test_routes_follow_localmodels_and_their_endpoints(control_plane, admin, namespace, host_address, fake_backend, router_process):
+    backend = fake_backend("tiny-chat", host=host_address)
+    create_model(admin, namespace, "tiny", servedName="tiny-chat", aliases=["llama3"])
+    set_status(admin, namespace, "tiny", {"phase": "Ready"})
+    expose(admin, namespace, "tiny", host_address, backend.port)
+    create_model(admin, namespace, "big")
+    set_status(admin, namespace, "big", {"phase": "Downloading", "download": {"bytesDone": 42, "bytesTotal": 100, "percent": 42}})
+    bind_router_rules(admin, namespace)
+    kubeconfig = control_plane.serviceaccount_kubeconfig(namespace, ROUTER_SA)
+
+    router = router_process("--kubernetes", "--namespace", namespace, "--kubeconfig", str(kubeconfig))
+
+    answer = chat(router, "llama3")
+    assert answer.status_code == 200 and answer.json()["model"] == "tiny-chat"
+    assert backend.stats()["requests"] == 1
+    waiting = chat(router, "big")
+    assert waiting.status_code == 503 and "downloading 42%" in waiting.json()["error"]["message"]
+    assert waiting.headers["Retry-After"] == "10"
+    cards = {c["id"]: c for c in httpx.get(f"{router.base_url}/v1/models").json()["data"]}
+    assert cards["llama3"]["root"] == "tiny-chat" and cards["big"]["status"] == "downloading 42%"
+    assert cards["tiny-chat"]["created"] > 0
+
+    # Watch events move the table: the download finishes and big gets a ready endpoint...
+    expose(admin, namespace, "big", host_address, backend.port)
+    set_status(admin, namespace, "big", {"phase": "Ready"})
+    assert wait_for(lambda: chat(router, "big").status_code == 200)
+    # ...tiny's only endpoint stops being ready...
+    DiscoveryV1Api(admin).patch_namespaced_endpoint_slice(
+        "lm-tiny-x1", namespace, {"endpoints": [{"addresses": [host_address], "conditions": {"ready": False}}]})
+    assert wait_for(lambda: chat(router, "llama3").status_code == 503)
+    assert "no ready endpoints" in chat(router, "llama3").json()["error"]["message"]
+    # ...and a deleted LocalModel is unknown again.
+    CustomObjectsApi(admin).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tiny")
+    assert wait_for(lambda: chat(router, "llama3").status_code == 404)
+
+
+def test_not_ready_until_localmodels_can_be_listed(control_plane, admin, namespace, router_process):
+    # A ServiceAccount without the router's rules: every list is forbidden.
+    kubeconfig = control_plane.serviceaccount_kubeconfig(namespace, "no-rights")
+    router = router_process("--kubernetes", "--namespace", namespace, "--kubeconfig", str(kubeconfig), wait_ready=False)
+    assert wait_for(lambda: "403" in router.log(), timeout=15)
+    assert httpx.get(f"{router.base_url}/readyz").status_code == 503
+    assert httpx.get(f"{router.base_url}/healthz").status_code == 200
+    # Granting the rules is enough: the router retries and becomes ready.
+    bind_router_rules(admin, namespace, "no-rights")
+    assert wait_for(lambda: httpx.get(f"{router.base_url}/readyz").status_code == 200, timeout=40)
+
