@@ -1,7 +1,7 @@
 """Open a GET with the standard library's http.client: redirects, TLS, proxies, credential hygiene.
 
 Why not urllib3, httpx or aiohttp: measured on loopback (bench/puller_throughput.py
---clients, docs/benchmarks.md), http.client's `readinto` fills our 4 MiB block
+--clients, docs/benchmarks.md), http.client's `readinto` fills our block
 straight from the socket buffer, while urllib3 copies every block once more
 (about 0.9 CPU-s per GiB extra), httpx iterates in small chunks and aiohttp adds
 an event loop. The body is the hot path of the puller; the rest is simple:

@@ -137,14 +137,17 @@ def test_body_truncated_at_the_same_byte_is_a_network_error(
 
 
 def test_stall_is_retried(http_faults: FaultyHTTPServer, model: Path, tmp_path: Path) -> None:
-    served = http_faults.add_file("/m.gguf", model, Faults(stall_after=5 << 20, stall_seconds=2.0))
+    stall_at = 5 * BLOCK_SIZE + BLOCK_SIZE // 2
+    served = http_faults.add_file("/m.gguf", model, Faults(stall_after=stall_at, stall_seconds=2.0))
     assert pull_url(http_faults, tmp_path / "models").sha256 == sha256(model)
     # A read that times out loses its unfinished block; whole blocks before it are kept.
-    assert served.requests[-1]["range"] == f"bytes={BLOCK_SIZE}-"
+    assert served.requests[-1]["range"] == f"bytes={5 * BLOCK_SIZE}-"
 
 
 def test_endless_stall_is_a_network_error(http_faults: FaultyHTTPServer, model: Path, tmp_path: Path) -> None:
-    http_faults.add_file("/m.gguf", model, Faults(stall_after=1 << 20, stall_seconds=1.5, stall_times=100))
+    # Each response stalls within its first block, so no attempt makes progress.
+    faults = Faults(stall_after=BLOCK_SIZE // 2, stall_seconds=1.5, stall_times=100)
+    http_faults.add_file("/m.gguf", model, faults)
     error = expect_failure(Reason.NETWORK_ERROR, http_faults, tmp_path / "models")
     assert "stalled" in error.message
 

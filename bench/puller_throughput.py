@@ -1,0 +1,191 @@
+"""Puller throughput vs curl on loopback, and bytes re-fetched after a killed pull resumes.
+
+    .venv/bin/python bench/puller_throughput.py [--size-mib 1024] [--rounds 3] [--clients]
+
+A GGUF file of --size-mib (random bytes in one I8 tensor, so nothing compresses)
+is served from a temp dir by tests/support/http_faults.py with os.sendfile.
+Each round downloads it with `curl -o` and with `pull()` into the same
+filesystem; the table gives median MiB/s and the ratio (goal >= 0.9). The
+puller's number includes what curl does not do: SHA-256 of every byte, the
+GGUF header check, fsync and the atomic rename.
+
+The "curl, then sha256sum" row is the baseline with the same integrity work.
+The resume row runs `localmodel-pull` as a subprocess, SIGKILLs it once half
+the file is on disk, restarts it, and counts the bytes the server sent.
+`--clients` adds raw streaming loops of the candidate HTTP clients (the
+measurement behind the choice of urllib3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.http_faults import FaultyHTTPServer  # noqa: E402
+
+from localmodel_server.puller import parse_source, pull  # noqa: E402
+from localmodel_server.puller.store import PARTIAL_FILE  # noqa: E402
+from localmodel_server.puller.writer import BLOCK_SIZE as BLOCK  # noqa: E402
+
+
+def make_model(path: Path, size: int) -> Path:
+    writer = GGUFWriter(path, "llama")
+    writer.add_file_type(0)
+    writer.add_tensor("token_embd.weight", np.frombuffer(os.urandom(size), dtype=np.int8).reshape(-1, 4096))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_curl(url: str, out: Path) -> None:
+    subprocess.run(["curl", "-sS", "--fail", "-o", str(out), url], check=True)
+
+
+def run_curl_then_hash(url: str, out: Path) -> None:
+    """curl plus what the puller adds: every byte hashed (sha256sum reads it back from the page cache)."""
+    run_curl(url, out)
+    subprocess.run(["sha256sum", str(out)], check=True, stdout=subprocess.DEVNULL)
+
+
+def run_puller(url: str, dest: Path) -> None:
+    pull(parse_source({"url": url}), dest)
+
+
+def client_loops(url: str, out: Path) -> dict[str, Callable[[], None]]:
+    """Each candidate streams the body to `out` in BLOCK reads, as the puller would."""
+    import aiohttp
+    import httpx
+    import urllib3
+
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+
+    def stdlib() -> None:
+        conn = http.client.HTTPConnection(host, int(port))
+        conn.request("GET", path)
+        response, view = conn.getresponse(), memoryview(bytearray(BLOCK))
+        with out.open("wb", buffering=0) as f:
+            while n := response.readinto(view):
+                f.write(view[:n])
+
+    def with_urllib3() -> None:
+        response = urllib3.PoolManager().request("GET", url, preload_content=False)
+        view = memoryview(bytearray(BLOCK))
+        with out.open("wb", buffering=0) as f:
+            while n := response.readinto(view):
+                f.write(view[:n])
+
+    def with_httpx() -> None:
+        with httpx.Client() as c, c.stream("GET", url) as response, out.open("wb", buffering=0) as f:
+            for chunk in response.iter_raw(BLOCK):
+                f.write(chunk)
+
+    def with_aiohttp() -> None:
+        async def go() -> None:
+            async with aiohttp.ClientSession(read_bufsize=BLOCK) as s, s.get(url) as response:
+                with out.open("wb", buffering=0) as f:
+                    async for chunk in response.content.iter_chunked(BLOCK):
+                        f.write(chunk)
+
+        asyncio.run(go())
+
+    return {"http.client": stdlib, "urllib3": with_urllib3, "httpx": with_httpx, "aiohttp": with_aiohttp}
+
+
+def resume_run(url: str, dest: Path, size: int, server: FaultyHTTPServer) -> dict[str, int]:
+    served = server.files["/m.gguf"]
+    source = json.dumps({"url": url})
+    command = [str(Path(sys.executable).with_name("localmodel-pull")), "--source", source, "--dest", str(dest)]
+    start = served.bytes_served
+    first = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    partial = dest / PARTIAL_FILE
+    while not (partial.exists() and partial.stat().st_size >= size // 2):
+        if first.poll() is not None:
+            raise SystemExit("the pull finished before it could be killed; use a larger --size-mib")
+        time.sleep(0.005)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    time.sleep(0.2)  # let the server notice the closed connection and finish counting
+    kept = partial.stat().st_size
+    served_first = served.bytes_served - start
+    subprocess.run(command, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    served_second = served.bytes_served - start - served_first
+    return {"kept": kept, "first": served_first, "second": served_second, "refetched": served_second - (size - kept)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", action="store_true", help="also time raw loops of candidate HTTP clients")
+    args = parser.parse_args()
+    if shutil.which("curl") is None:
+        raise SystemExit("curl is needed as the baseline (apt-get install -y curl)")
+
+    with tempfile.TemporaryDirectory(prefix="puller-bench-") as tmp:
+        root = Path(tmp)
+        model = make_model(root / "served.gguf", args.size_mib << 20)
+        size = model.stat().st_size
+        server = FaultyHTTPServer().start()
+        server.add_file("/m.gguf", model)
+        url = f"{server.base_url}/m.gguf"
+        contenders: dict[str, Callable[[Path], None]] = {
+            "curl -o": lambda d: run_curl(url, d / "curl.out"),
+            "curl -o, then sha256sum": lambda d: run_curl_then_hash(url, d / "curl.out"),
+            "localmodel-pull (pull())": lambda d: run_puller(url, d),
+        }
+        if args.clients:
+            for name, loop in client_loops(url, root / "out" / "client.out").items():
+                contenders[f"raw loop: {name}"] = lambda d, loop=loop: loop()
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.rounds):
+            for name, run in contenders.items():
+                out = root / "out"
+                out.mkdir()
+                rates[name].append(size / (1 << 20) / timed(lambda run=run, out=out: run(out)))
+                shutil.rmtree(out)
+        resume = resume_run(url, root / "resume", size, server)
+        server.stop()
+
+    curl = statistics.median(rates["curl -o"])
+    print(f"file: {size} bytes ({args.size_mib} MiB GGUF), {args.rounds} rounds, load avg {os.getloadavg()[0]:.1f}")
+    print("| contender | median MiB/s | ÷ curl |")
+    print("|---|---|---|")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.0f} | {median / curl:.2f} |")
+    print()
+    print("| resume after SIGKILL at ≥50% | bytes |")
+    print("|---|---|")
+    print(f"| kept on disk at the kill | {resume['kept']} |")
+    print(f"| served before the kill (incl. in flight, lost) | {resume['first']} |")
+    print(f"| served after the restart | {resume['second']} |")
+    print(f"| re-fetched by the restart (served − missing) | {resume['refetched']} |")
+
+
+if __name__ == "__main__":
+    main()
