@@ -23,8 +23,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 tools:
 	tests/controlplane/build.sh
 
+# The offline example models: random-weight GGUFs written into the volume that
+# examples/local/*.yaml name (a directory on this machine, a PVC in a cluster).
+DEMO_VOLUME ?= $(HOME)/.cache/localmodel/volumes/local-models
+
 run: install
-	$(BIN)/localmodel-server --demo
+	@test -f $(DEMO_VOLUME)/tiny-chat.gguf || $(BIN)/python -m localmodel_server.testmodels chat $(DEMO_VOLUME)/tiny-chat.gguf
+	@test -f $(DEMO_VOLUME)/tiny-embed.gguf || $(BIN)/python -m localmodel_server.testmodels embed $(DEMO_VOLUME)/tiny-embed.gguf
+	$(BIN)/localmodel up examples/local --volume local-models=$(DEMO_VOLUME)
 
 test: install tools
 	$(BIN)/pytest
