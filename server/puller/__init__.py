@@ -4,7 +4,7 @@
 """
 
 from .errors import PullError, Reason
-from .http import RetryPolicy
+from .transfer import RetryPolicy
 from .progress import ProgressSink, TerminalProgress
 from .api import pull
 from .result import PullResult

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import PullError, Reason
 from .gguf_info import read_gguf_info
-from .http import RetryPolicy, fetch
+from .transfer import RetryPolicy, fetch
 from .progress import NullSink, ProgressSink
 from .remote import RemoteFile
 from .result import PullResult

@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers
 
 from .errors import PullError, Reason
-from .http import HttpRequest
+from .transfer import HttpRequest
 from .remote import RemoteFile
 from .source import HfSource
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .http import HttpRequest
+from .transfer import HttpRequest
 
 
 @dataclass(frozen=True)

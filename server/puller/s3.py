@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import PullError, Reason
-from .http import HttpRequest
+from .transfer import HttpRequest
 from .remote import RemoteFile
 from .source import S3Source
 

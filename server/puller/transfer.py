@@ -9,7 +9,7 @@ huggingface_hub, S3 through a presigned GET made by boto3. Behaviour:
 - connection errors, truncated bodies, 408/429/5xx and stalls (no byte for
   `stall_timeout` seconds) are retried with exponential backoff; the failure
   count resets whenever an attempt made progress;
-- credentials never leave the origin on redirect (transport.py) and never
+- credentials never leave the origin on redirect (http_client.py) and never
   reach a log: URLs are redacted.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .errors import PullError, Reason
 from .source import redact_url
 from .store import ModelDir, PartialDownload, RemoteVersion, storage_error
-from .transport import TransportError, open_get
+from .http_client import TransportError, open_get
 from .writer import DiskWriteError, HashingWriter
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,10 @@ def _accept(
     if status == 206:
         match = _CONTENT_RANGE.match(response.getheader("Content-Range", ""))
         stored = partial.version
-        changed = stored is not None and bool(stored.etag and version.etag and stored.etag != version.etag)
+        changed = stored is not None and (
+            bool(stored.etag and version.etag and stored.etag != version.etag)
+            or bool(stored.size and version.size and stored.size != version.size)
+        )
         if match is None or int(match.group(1)) != offset or changed:
             _restart(partial, writer, None)
             raise _Retry("the server answered with a different range or version; starting over")

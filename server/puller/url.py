@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .http import HttpRequest
+from .transfer import HttpRequest
 from .remote import RemoteFile
 
 

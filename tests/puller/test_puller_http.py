@@ -239,3 +239,27 @@ def test_a_remote_that_changed_between_runs_is_fetched_from_scratch(
     result = pull(source, dest, policy=FAST)  # type: ignore[arg-type]
     assert result.sha256 == sha256(replacement)
     assert (dest / MODEL_FILE).read_bytes() == replacement.read_bytes()
+
+
+def test_redirects_keep_the_token_on_the_origin_only(
+    http_faults: FaultyHTTPServer, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cdn = FaultyHTTPServer().start()
+    try:
+        on_cdn = cdn.add_file("/blob", model)
+        moved = http_faults.add_file("/m.gguf", model, Faults(redirect_to="/moved.gguf"))
+        http_faults.add_file("/moved.gguf", model, Faults(redirect_to=f"{cdn.base_url}/blob"))
+        monkeypatch.setenv("BEARER_TOKEN", "origin-only")
+        assert pull_url(http_faults, tmp_path / "models").sha256 == sha256(model)
+        assert moved.requests[0]["authorization"] == "Bearer origin-only"
+        assert http_faults.files["/moved.gguf"].requests[0]["authorization"] == "Bearer origin-only"
+        assert "authorization" not in on_cdn.requests[0]
+    finally:
+        cdn.stop()
+
+
+@pytest.mark.parametrize("target", ["/m.gguf", "ftp://127.0.0.1/m.gguf"])
+def test_bad_redirects_fail_at_once(http_faults: FaultyHTTPServer, model: Path, tmp_path: Path, target: str) -> None:
+    served = http_faults.add_file("/m.gguf", model, Faults(redirect_to=target))
+    expect_failure(Reason.NETWORK_ERROR, http_faults, tmp_path / "models")
+    assert len(served.requests) <= 6  # not retried: trying again cannot help

@@ -37,6 +37,7 @@ class Faults:
     stall_times: int = 1  # ... on this many responses
     ignore_range: bool = False  # always answer 200 with the whole body
     bearer_token: str | None = None  # 401 unless `Authorization: Bearer <token>`
+    redirect_to: str | None = None  # answer 302 with this Location
     rate_bytes_per_s: int | None = None  # throttle the body (to kill a pull midway)
 
 
@@ -104,6 +105,12 @@ class _Handler(BaseHTTPRequestHandler):
         faults = served.faults
         if faults.status is not None:
             self._empty(faults.status)
+            return
+        if faults.redirect_to is not None:
+            self.send_response(302)
+            self.send_header("Location", faults.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if faults.bearer_token is not None and self.headers.get("Authorization") != f"Bearer {faults.bearer_token}":
             self._empty(401)
