@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 import yaml
 
 from . import children
@@ -111,6 +112,7 @@ class Supervisor:
             done, _ = await asyncio.wait({starting, stopped, router_died}, return_when=asyncio.FIRST_COMPLETED)
             if starting in done:
                 starting.result()
+                await self._router_caught_up()
                 self.phase = "serving"
                 self._publish()
                 self._print_ready_line()
@@ -188,6 +190,21 @@ class Supervisor:
                  "router": {"pid": self.router.pid if self.router else None, "host": self.host, "port": self.port},
                  "models": [r.summary() for r in self.runs]}
         _write_atomic(self.layout.state_file, json.dumps(state, indent=2))
+
+    async def _router_caught_up(self, timeout: float = 15.0) -> None:
+        """Wait until the router has re-read the route table, so "serving" means clients get answers."""
+        expected = {r.name for r in self.runs if r.status == "ready"}
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with httpx.AsyncClient(timeout=2) as client:
+            while asyncio.get_running_loop().time() < deadline:
+                try:
+                    cards = (await client.get(f"{self.url}/models")).json()["data"]
+                    if expected <= {c["id"] for c in cards if c.get("ready")}:
+                        return
+                except (httpx.HTTPError, ValueError, KeyError):
+                    pass
+                await asyncio.sleep(0.1)
+        log.warning("the router did not pick up the route table within %.0fs", timeout)
 
     def _print_ready_line(self) -> None:
         ready = [r for r in self.runs if r.status == "ready"]
