@@ -7,12 +7,12 @@ from pathlib import Path
 
 from .errors import PullError, Reason
 from .gguf_info import read_gguf_info
-from .transfer import RetryPolicy, fetch
 from .progress import NullSink, ProgressSink
 from .remote import RemoteFile
 from .result import PullResult
 from .source import ModelSource, PvcSource
-from .store import ModelDir, Marker, PartialDownload, sha256_of_prefix
+from .store import Marker, ModelDir, PartialDownload, sha256_of_prefix
+from .transfer import RetryPolicy, fetch
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ def pull(
         if source.pvc is not None:
             result = _check_in_place(source.pvc, source.sha256, dest, sink)
         else:
-            result = _download(source, ModelDir(dest), sink, policy or RetryPolicy())
+            store = ModelDir(dest)
+            with store.locked():
+                result = _download(source, store, sink, policy or RetryPolicy())
     except PullError as err:
         sink.failed(err)
         raise
@@ -49,7 +51,7 @@ def _download(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: 
 
     remote = _resolve(source)
     expected = _expected_sha256(source.sha256, remote.sha256)
-    store.prepare()
+    store.forget_marker()
     partial = store.partial({"source": identity, "remote": remote.version})
     if remote.size is not None:
         store.ensure_free_space(remote.size - partial.size)

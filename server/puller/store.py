@@ -12,10 +12,13 @@ Invariants (the model server loads `model.gguf` whenever it exists):
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,20 @@ class ModelDir:
         self.model_path = dest / MODEL_FILE
         self.marker_path = dest / MARKER_FILE
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One puller per directory at a time (two Jobs on one node, say); a second one waits.
+
+        flock on the directory itself, so no lock file is left on the volume.
+        """
+        self.dest.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dest, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def current(self, identity: dict[str, Any]) -> Marker | None:
         """The marker, if it describes this source and model.gguf is still there at that size."""
         try:
@@ -144,9 +161,8 @@ class ModelDir:
             return None
         return marker if marker.source == identity and marker.size_bytes == size else None
 
-    def prepare(self) -> None:
-        """Create dest; forget the marker, which is about to stop describing what we fetch."""
-        self.dest.mkdir(parents=True, exist_ok=True)
+    def forget_marker(self) -> None:
+        """The marker is about to stop describing what is being fetched."""
         self.marker_path.unlink(missing_ok=True)
 
     def partial(self, key: dict[str, Any]) -> PartialDownload:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,19 @@ def test_bad_redirects_fail_at_once(http_faults: FaultyHTTPServer, model: Path, 
     served = http_faults.add_file("/m.gguf", model, Faults(redirect_to=target))
     expect_failure(Reason.NETWORK_ERROR, http_faults, tmp_path / "models")
     assert len(served.requests) <= 6  # not retried: trying again cannot help
+
+
+def test_a_second_pull_into_the_same_directory_waits_and_reuses_the_first(
+    http_faults: FaultyHTTPServer, model: Path, tmp_path: Path
+) -> None:
+    served = http_faults.add_file("/m.gguf", model, Faults(rate_bytes_per_s=16 << 20))
+    dest = tmp_path / "models"
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(pull_url, http_faults, dest)
+        while not (dest / PARTIAL_FILE).exists():
+            assert not first.done(), first.result()
+            time.sleep(0.005)
+        second = pool.submit(pull_url, http_faults, dest)
+        results = [first.result(timeout=60), second.result(timeout=60)]
+    assert [r.skipped for r in results] == [False, True]
+    assert served.bytes_served == model.stat().st_size
