@@ -32,8 +32,8 @@ class ServerSettings(BaseSettings):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads.")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 offloads all.")
     weight_repacking: bool = Field(
-        True, description="Let llama.cpp repack CPU weights for AMX/AVX-512 kernels; turn off in sandboxes "
-        "that do not enable AMX (Q4_0/Q8_0 models crash there otherwise).",
+        False, description="Let llama.cpp repack quantized CPU weights for its AMX/AVX-512 kernels. Off by "
+        "default: on AMX CPUs those kernels crashed decoding several sequences in one batch.",
     )
     drain_timeout: float = Field(30.0, ge=0, description="Seconds in-flight requests may finish after SIGTERM.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")

@@ -199,9 +199,10 @@ def _finish(writer: gguf.GGUFWriter, path: Path) -> None:
 def quantize(source: Path, dest: Path, ftype: int | None = None) -> Path:
     """Quantize with llama.cpp (Q5_0 by default), through llama-cpp-python's binding.
 
-    Q5_0 rather than Q8_0/Q4_0: llama.cpp runs those through AMX kernels on CPUs
-    that have AMX, and those crash under sandboxes that do not enable AMX state
-    (as on this project's CI machines). Q5_0 takes the plain AVX path everywhere.
+    Q5_0 rather than Q8_0/Q4_0: on AMX CPUs (as on this project's machines)
+    llama.cpp's repacked AMX kernels for those types crash, and the baselines
+    the benchmarks compare against (llama_cpp.Llama, llama_cpp.server) cannot
+    turn repacking off. Q5_0 takes the plain AVX path everywhere.
     """
     import llama_cpp
 

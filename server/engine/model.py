@@ -51,7 +51,7 @@ class LoadedModel:
     Contexts (KV caches) are created by the engines that use the model.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, gpu_layers: int = 0, weight_repacking: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, gpu_layers: int = 0, weight_repacking: bool = False) -> None:
         _init_backend()
         params = llama_cpp.llama_model_default_params()
         params.use_extra_bufts = weight_repacking

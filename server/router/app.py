@@ -1,8 +1,7 @@
 """The router's HTTP front: dispatch, auth, the `model` lookup and the error envelope.
 
-It is an aiohttp low-level `web.Server` rather than a `web.Application`: the
-router has eight fixed paths, and skipping the application's router and
-middleware chain is measurably cheaper per request (docs/router.md).
+It runs on the small HTTP/1.1 server in http1.py; the router has eight fixed
+paths, so dispatch is a few comparisons.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from localmodel_server.protocol.errors import (
     APIError,
@@ -30,6 +27,7 @@ from localmodel_server.protocol.errors import (
 
 from .auth import ApiKeys
 from .balancer import Balancer
+from .http1 import Exchange, HTTPServer
 from .metrics import UNROUTED, RouterMetrics
 from .proxy import Proxy, forward_header_block
 from .routes import RouteTable
@@ -51,8 +49,17 @@ class RouterSettings:
     read_timeout: float = 600.0
 
 
-def error_response(exc: APIError) -> web.Response:
-    return web.Response(status=exc.status_code, body=exc.body_bytes(), headers={"Content-Type": "application/json", **exc.headers})
+_JSON = [(b"content-type", b"application/json")]
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+def send_error(exchange: Exchange, exc: APIError) -> None:
+    headers = _JSON + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    exchange.respond(exc.status_code, headers, exc.body_bytes())
+
+
+def send_json(exchange: Exchange, data: Any) -> None:
+    exchange.respond(200, _JSON, orjson.dumps(data))
 
 
 def read_model_field(body: bytes) -> str:
@@ -97,98 +104,90 @@ class Router:
         self.metrics.route_conflicts.set(len(table.conflicts))
         self.balancer.forget_except({url for e in table.entries for url in e.endpoints})
 
-    def server(self) -> web.Server:
-        """The aiohttp protocol factory; create it inside the running loop."""
+    def server(self) -> HTTPServer:
+        """The protocol factory for `loop.create_server`; create it inside the running loop."""
         pool = UpstreamPool(self.settings.connect_timeout, self.settings.read_timeout)
         self._proxy = Proxy(pool, self.balancer, self.metrics)
-        loop = asyncio.get_running_loop()
-        limit = self.settings.max_body_bytes
-
-        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> BaseRequest:
-            return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
-
-        return web.Server(self.handle, request_factory=make_request, handler_cancellation=True, access_log=None)
+        return HTTPServer(self.handle, self.refuse, self.settings.max_body_bytes)
 
     def close(self) -> None:
         if self._proxy is not None:
             self._proxy.pool.close()
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
-        path = request.path
+    async def handle(self, exchange: Exchange) -> None:
+        path = exchange.path
+        method = exchange.method
         try:
             if path in INFERENCE_PATHS:
-                if request.method != "POST":
-                    raise method_not_allowed(request.method, path)
-                return await self._inference(request)
-            if request.method not in ("GET", "HEAD"):
+                if method != b"POST":
+                    raise method_not_allowed(method.decode("latin-1"), path)
+                await self._inference(exchange)
+                return
+            if method not in (b"GET", b"HEAD"):
                 if path in (MODELS_PATH, "/healthz", "/readyz", "/metrics") or path.startswith(_MODEL_PREFIX):
-                    raise method_not_allowed(request.method, path)
+                    raise method_not_allowed(method.decode("latin-1"), path)
                 raise not_found(path)
             if path == MODELS_PATH:
-                self.keys.check(request.headers.get("Authorization"))
-                return _json(self.table.model_list().model_dump(mode="json"))
-            if path.startswith(_MODEL_PREFIX):
-                self.keys.check(request.headers.get("Authorization"))
-                return self._model(unquote(path[len(_MODEL_PREFIX):]))
-            if path == "/healthz":
-                return web.Response(text="ok")
-            if path == "/readyz":
+                self._check_key(exchange)
+                send_json(exchange, self.table.model_list().model_dump(mode="json"))
+            elif path.startswith(_MODEL_PREFIX):
+                self._check_key(exchange)
+                send_json(exchange, self._model(unquote(path[len(_MODEL_PREFIX):])))
+            elif path == "/healthz":
+                exchange.respond(200, _TEXT, b"ok")
+            elif path == "/readyz":
                 if self.discovered:
-                    return web.Response(text="ready")
-                return web.Response(status=503, text="waiting for the first route table")
-            if path == "/metrics":
-                return web.Response(body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type})
-            raise not_found(path)
+                    exchange.respond(200, _TEXT, b"ready")
+                else:
+                    exchange.respond(503, _TEXT, b"waiting for the first route table")
+            elif path == "/metrics":
+                exchange.respond(200, [(b"content-type", self.metrics.content_type.encode())], self.metrics.render())
+            else:
+                raise not_found(path)
         except APIError as exc:
-            return error_response(exc)
+            send_error(exchange, exc)
 
-    def _model(self, model: str) -> web.Response:
+    def refuse(self, exchange: Exchange, status: int, detail: str) -> None:
+        """Requests the HTTP layer turns away itself: too large, unparsable, or a handler bug."""
+        if status == 413:
+            error = payload_too_large(self.settings.max_body_bytes)
+        elif status == 400:
+            error = invalid_request(detail, code="invalid_http")
+        else:
+            error = internal_error()
+        self.metrics.count_request(UNROUTED, status)
+        send_error(exchange, error)
+
+    def _check_key(self, exchange: Exchange) -> None:
+        if self.keys.enabled:
+            value = exchange.header(b"authorization")
+            self.keys.check(value.decode("latin-1") if value is not None else None)
+
+    def _model(self, model: str) -> dict[str, Any]:
         card = self.table.card(model)
         if card is None:
             raise model_not_found(model, self.table.names())
-        return _json(card.model_dump(mode="json"))
+        return card.model_dump(mode="json")
 
-    async def _inference(self, request: BaseRequest) -> web.StreamResponse:
+    async def _inference(self, exchange: Exchange) -> None:
         started = time.perf_counter()
         label = UNROUTED
-        code = 500
         try:
-            self.keys.check(request.headers.get("Authorization"))
-            body = await self._read_body(request)
-            entry = self.table.resolve(read_model_field(body))
+            self._check_key(exchange)
+            entry = self.table.resolve(read_model_field(exchange.body))
             label = entry.name
-            header_block = forward_header_block(request.raw_headers)
+            header_block = forward_header_block(exchange.headers)
             routing_seconds, in_flight = self.metrics.for_model(label)
             routing_seconds.observe(time.perf_counter() - started)
             in_flight.inc()
             try:
                 assert self._proxy is not None, "Router.server() creates the proxy"
-                response = await self._proxy.forward(request, entry, body, header_block)
+                await self._proxy.forward(exchange, entry, header_block)
             finally:
                 in_flight.dec()
-            code = response.status
-            return response
         except APIError as exc:
-            code = exc.status_code
-            return error_response(exc)
+            send_error(exchange, exc)
         except (asyncio.CancelledError, ConnectionResetError):
-            code = CLIENT_CLOSED
+            self.metrics.count_request(label, CLIENT_CLOSED)
             raise
-        except Exception:
-            log.exception("unexpected error while routing %s", request.path)
-            return error_response(internal_error())
-        finally:
-            self.metrics.count_request(label, code)
-
-    async def _read_body(self, request: BaseRequest) -> bytes:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise payload_too_large(limit)
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise payload_too_large(limit) from None
-
-
-def _json(data: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(data), headers={"Content-Type": "application/json"})
+        self.metrics.count_request(label, exchange.status)

@@ -172,6 +172,7 @@ class KubeDiscovery:
         self.publish = publish
         self._models: list[Reflector] = []
         self._slices: list[Reflector] = []
+        self._published = False
 
     async def run(self) -> None:
         # A watch event is one JSON line; a LocalModel with a long status can pass aiohttp's 64 KiB default.
@@ -189,4 +190,8 @@ class KubeDiscovery:
             return
         localmodels = [obj for r in self._models for obj in r.objects.values()]
         slices = [obj for r in self._slices for obj in r.objects.values()]
-        self.publish(RouteTable.build(route_entries(localmodels, slices)))
+        table = RouteTable.build(route_entries(localmodels, slices))
+        if not self._published:
+            self._published = True
+            log.info("first route table: %d LocalModels, %d ready", len(table.entries), sum(e.ready for e in table.entries))
+        self.publish(table)

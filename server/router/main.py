@@ -100,7 +100,6 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     log.info("stopping: no new connections; waiting up to %g s for requests in flight", args.drain_timeout)
     listener.close()
-    server.pre_shutdown()
     await server.shutdown(args.drain_timeout)
     for task in tasks:
         task.cancel()

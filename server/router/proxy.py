@@ -12,12 +12,11 @@ import logging
 import math
 
 import orjson
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from localmodel_server.protocol.errors import APIError, bad_gateway, gateway_timeout, service_unavailable
 
 from .balancer import Balancer, NoEndpoint, parse_retry_after
+from .http1 import Exchange
 from .metrics import RouterMetrics
 from .routes import RouteEntry
 from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -37,28 +36,28 @@ _REQUEST_DROP = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
         b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
-        b"content-encoding", b"expect", b"authorization",
+        b"expect", b"authorization",
     }
 )
 _RESPONSE_DROP = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"content-length", b"date", b"server",
+        b"upgrade", b"content-length", b"date",
     }
 )
 
 
-def forward_header_block(raw_headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+def forward_header_block(raw_headers: list[tuple[bytes, bytes]]) -> bytes:
     """The client's end-to-end headers as "Name: value\\r\\n" lines for the backend.
 
-    aiohttp's parser has already rejected CR/LF in names and values, so the
+    httptools (llhttp) has already rejected CR/LF in names and values, so the
     lines cannot smuggle a header or a second request.
     """
     return b"".join(b"%s: %s\r\n" % (name, value) for name, value in raw_headers if name.lower() not in _REQUEST_DROP)
 
 
-def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k.lower() not in _RESPONSE_DROP]
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k.lower() not in _RESPONSE_DROP]
 
 
 class _BackendRefused(Exception):
@@ -77,10 +76,9 @@ class Proxy:
         self.balancer = balancer
         self.metrics = metrics
 
-    async def forward(self, request: BaseRequest, entry: RouteEntry, body: bytes, header_block: bytes) -> web.StreamResponse:
-        """Answer `request` from one of `entry`'s endpoints, trying the next on a safe failure."""
+    async def forward(self, exchange: Exchange, entry: RouteEntry, header_block: bytes) -> None:
+        """Answer `exchange` from one of `entry`'s endpoints, trying the next on a safe failure."""
         model = entry.name
-        target = request.raw_path.encode("latin-1")
         tried: list[str] = []
         refused: _BackendRefused | None = None
         failure: UpstreamError | None = None
@@ -90,14 +88,15 @@ class Proxy:
             except NoEndpoint as exc:
                 if refused is not None:
                     # Every endpoint refused: the last refusal is the most useful answer.
-                    return web.Response(status=refused.status, body=refused.body, headers=_response_headers(refused.headers))
+                    exchange.respond(refused.status, _response_headers(refused.headers), refused.body)
+                    return
                 raise self._exhausted(entry, tried, failure, exc) from None
             if tried:
                 self.metrics.retries.labels(model).inc()
             tried.append(endpoint.url)
             endpoint.in_flight += 1
             try:
-                return await self._attempt(request, endpoint.url, target, header_block, body)
+                return await self._attempt(exchange, endpoint.url, header_block)
             except _BackendRefused as exc:
                 refused = exc
                 self.metrics.upstream_errors.labels(model, f"status_{exc.status}").inc()
@@ -117,46 +116,43 @@ class Proxy:
             finally:
                 endpoint.in_flight -= 1
 
-    async def _attempt(self, request: BaseRequest, url: str, target: bytes, header_block: bytes, body: bytes) -> web.StreamResponse:
+    async def _attempt(self, exchange: Exchange, url: str, header_block: bytes) -> None:
         """One try. Raises UpstreamError or _BackendRefused only while the client has seen nothing."""
-        upstream = await self.pool.request(url, b"POST", target, header_block, body)
+        upstream = await self.pool.request(url, exchange.method, exchange.target, header_block, exchange.body)
         try:
             if upstream.status in RETRY_STATUSES:
                 raise _BackendRefused(upstream.status, upstream.headers, await upstream.read())
             if upstream.header(b"content-length") is not None:
                 data = await upstream.read()
-                return web.Response(status=upstream.status, body=data, headers=_response_headers(upstream.headers))
-            return await self._stream(request, upstream)
+                exchange.respond(upstream.status, _response_headers(upstream.headers), data)
+            else:
+                await self._stream(exchange, upstream)
         finally:
             upstream.close()
 
-    async def _stream(self, request: BaseRequest, upstream: Response) -> web.StreamResponse:
-        first = await upstream.next_chunk()
-        out = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream.headers))
-        await out.prepare(request)
+    async def _stream(self, exchange: Exchange, upstream: Response) -> None:
+        chunk = await upstream.next_chunk()
+        exchange.start(upstream.status, _response_headers(upstream.headers))
         # From here on the client has bytes: a failure can only be reported, not retried.
-        chunk = first
         try:
             while chunk is not None:
-                await out.write(chunk)
+                await exchange.write(chunk)
                 chunk = await upstream.next_chunk()
         except UpstreamError as exc:
-            await self._break_stream(request, out, upstream, exc)
-            return out
-        await out.write_eof()
-        return out
+            self._break_stream(exchange, upstream, exc)
+            return
+        exchange.end()
 
-    async def _break_stream(self, request: BaseRequest, out: web.StreamResponse, upstream: Response, exc: UpstreamError) -> None:
+    def _break_stream(self, exchange: Exchange, upstream: Response, exc: UpstreamError) -> None:
         log.warning("backend failed mid-stream: %s", exc)
         content_type = (upstream.header(b"content-type") or b"").lower()
         if content_type.startswith(b"text/event-stream"):
             # OpenAI's SDKs raise an APIError when an SSE event carries "error".
             error = bad_gateway(f"The backend failed while streaming the answer: {exc}.")
-            await out.write(b"data: " + orjson.dumps(error.body()) + b"\n\n")
-            await out.write_eof()
-        elif request.transport is not None:
+            exchange.end(b"data: " + orjson.dumps(error.body()) + b"\n\n")
+        else:
             # Any other body: cut the connection so the client cannot take a partial body for a whole one.
-            request.transport.abort()
+            exchange.abort()
 
     def _exhausted(self, entry: RouteEntry, tried: list[str], failure: UpstreamError | None, resting: NoEndpoint) -> APIError:
         if failure is None:
