@@ -54,8 +54,9 @@ def run_helm(*args: str) -> str:
     return proc.stdout
 
 
-def template_args(values: Sequence[Path] = (), sets: Sequence[str] = (), namespace: str = RELEASE_NAMESPACE) -> list[str]:
-    args = ["template", RELEASE, str(CHART), "--namespace", namespace]
+def template_args(values: Sequence[Path] = (), sets: Sequence[str] = (), namespace: str = RELEASE_NAMESPACE,
+                  release: str = RELEASE) -> list[str]:
+    args = ["template", release, str(CHART), "--namespace", namespace]
     for path in values:
         args += ["--values", str(path)]
     for assignment in sets:
@@ -63,9 +64,10 @@ def template_args(values: Sequence[Path] = (), sets: Sequence[str] = (), namespa
     return args
 
 
-def render(values: Sequence[Path] = (), sets: Sequence[str] = (), namespace: str = RELEASE_NAMESPACE) -> list[dict[str, Any]]:
+def render(values: Sequence[Path] = (), sets: Sequence[str] = (), namespace: str = RELEASE_NAMESPACE,
+           release: str = RELEASE) -> list[dict[str, Any]]:
     """Every object `helm template` renders, in order."""
-    text = run_helm(*template_args(values, sets, namespace))
+    text = run_helm(*template_args(values, sets, namespace, release))
     return [obj for obj in yaml.safe_load_all(text) if obj]
 
 

@@ -3,16 +3,13 @@
 `helm lint` checks templates, not Kubernetes schemas. Here each object of each
 value set is server-side applied as a dry run with strict field validation, so
 an unknown field, a wrong type or an invalid value fails as it would in a
-cluster. The LocalModel CRD is really applied first (as rendered by the chart),
-and the Prometheus Operator's ServiceMonitor CRD (tests/helm/crds/) with it.
+cluster. The CRDs are really applied first (the `dynamic` fixture).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +20,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from .chart import CHART, CI_VALUES, OPERATOR, ROUTER, helm_binary, of_kind, one, render
+from .kube import CRD_NAME, apply
 
-THIRD_PARTY_CRDS = sorted((Path(__file__).parent / "crds").glob("*.yaml"))
-FIELD_MANAGER = "localmodel-chart-test"
-CRD_NAME = "localmodels.localmodel.dev"
-
-
-def established(api: ApiClient, name: str, timeout: float = 30.0) -> None:
-    extensions = ApiextensionsV1Api(api)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conditions = extensions.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"CRD {name} never became Established")
-
-
-def apply(dynamic: DynamicClient, obj: dict[str, Any], dry_run: bool) -> None:
-    """Server-side apply; unknown or duplicate fields are errors, not silently dropped."""
-    resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-    dynamic.server_side_apply(
-        resource, body=obj, namespace=obj["metadata"].get("namespace"), field_manager=FIELD_MANAGER,
-        force_conflicts=True, dry_run="All" if dry_run else None, query_params=[("fieldValidation", "Strict")],
-    )
 
 
 def values_namespaces(values: Path) -> list[str]:
@@ -55,20 +30,8 @@ def values_namespaces(values: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def api(control_plane: Any) -> Iterator[ApiClient]:
-    with control_plane.api_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def dynamic(api: ApiClient) -> DynamicClient:
-    """CRDs first: the chart's LocalModel CRD as rendered, then the third-party ones its options use."""
-    client = DynamicClient(api)
-    chart_crd = one(render(), "CustomResourceDefinition", CRD_NAME)
-    for crd in [chart_crd, *(yaml.safe_load(path.read_text()) for path in THIRD_PARTY_CRDS)]:
-        apply(client, crd, dry_run=False)
-        established(api, crd["metadata"]["name"])
-    client.resources.invalidate_cache()  # discovery must see the new kinds
+def watched_namespaces(dynamic: DynamicClient, api: ApiClient) -> None:
+    """The fixed namespaces the ci value sets name; objects are dry-run into them."""
     core = CoreV1Api(api)
     for namespace in {ns for values in CI_VALUES for ns in values_namespaces(values)}:
         try:
@@ -76,12 +39,11 @@ def dynamic(api: ApiClient) -> DynamicClient:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-    return client
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda path: path.name)
 def test_every_rendered_object_passes_a_server_side_dry_run(
-    dynamic: DynamicClient, namespace: str, values: Path
+    dynamic: DynamicClient, watched_namespaces: None, namespace: str, values: Path
 ) -> None:
     objects = render([values], namespace=namespace)
     failures = []
