@@ -83,7 +83,7 @@ def deployment(model: LocalModel, weights: Weights, settings: OperatorSettings) 
         "startupProbe": _probe("/readyz", STARTUP_PERIOD_S, STARTUP_FAILURES, 2),
         "readinessProbe": _probe("/readyz", 5, 2, 2),
         "livenessProbe": _probe("/healthz", 10, 3, 5),
-        "resources": server_resources(spec, model.gguf),
+        "resources": server_resources(spec, weights.gguf),
         "securityContext": container_security_context(),
         "volumeMounts": volume_mounts(read_only=True),
     }

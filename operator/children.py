@@ -23,7 +23,8 @@ def current_weights(model: LocalModel, job: JobState | None) -> Weights | None:
     """The recorded weights, replaced by spec.source once its pull Job has succeeded."""
     source = model.spec.source
     if job is not None and job.phase == JobPhase.SUCCEEDED and needs_pull(model, model.weights):
-        return Weights(digest=source.digest, source=source, sha256=model.download.sha256 or source.sha256)
+        return Weights(digest=source.digest, source=source, sha256=model.download.sha256 or source.sha256,
+                       gguf=model.gguf)
     return model.weights
 
 

@@ -56,11 +56,14 @@ def close(memo: kopf.Memo, **_: Any) -> None:
         memo["kube"].close()
 
 
-async def _reconcile(memo: kopf.Memo, body: Any) -> None:
-    metadata = body["metadata"]
-    async with memo["locks"](metadata["namespace"], metadata["name"]):
+async def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Reconciles the LocalModel as it is now: the body a handler got may be older than what
+    another trigger already acted on, and building from it would flap the children."""
+    async with memo["locks"](namespace, name):
         try:
-            await reconcile(memo["kube"], memo["config"], body)
+            body = await memo["kube"].get(meta.API_VERSION, meta.KIND, namespace, name)
+            if body is not None:
+                await reconcile(memo["kube"], memo["config"], body)
         except KubeError as exc:
             raise kopf.TemporaryError(f"apiserver: {exc}", delay=RETRY_DELAY_S) from None
 
@@ -68,8 +71,8 @@ async def _reconcile(memo: kopf.Memo, body: Any) -> None:
 @kopf.on.resume(*MODEL, id="reconcile")
 @kopf.on.create(*MODEL, id="reconcile")
 @kopf.on.update(*MODEL, id="reconcile")
-async def model_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile(memo, body)
+async def model_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile(memo, namespace, name)
 
 
 @kopf.on.event(*MODEL, id="progress")
@@ -85,11 +88,8 @@ async def _owner_changed(body: kopf.Body, memo: kopf.Memo) -> None:
     """A child changed (a Job finished, a Deployment became available): reconcile its LocalModel."""
     metadata = body["metadata"]
     name = (metadata.get("labels") or {}).get(meta.MODEL_LABEL)
-    if not name:
-        return
-    owner = await memo["kube"].get(meta.API_VERSION, meta.KIND, metadata["namespace"], name)
-    if owner is not None:
-        await _reconcile(memo, owner)
+    if name:
+        await _reconcile(memo, metadata["namespace"], name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={**OWNED, "app.kubernetes.io/name": meta.PULLER_COMPONENT})

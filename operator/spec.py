@@ -129,21 +129,6 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class Weights:
-    """status.weights: the source whose pull succeeded, i.e. what the server pods load."""
-
-    digest: str
-    source: Source
-    sha256: str | None = None
-
-    def to_status(self) -> dict[str, Any]:
-        recorded: dict[str, Any] = {"digest": self.digest, "source": self.source.canonical()}
-        if self.sha256:
-            recorded["sha256"] = self.sha256
-        return recorded
-
-
-@dataclass(frozen=True)
 class GgufInfo:
     """status.gguf, written by the puller from the file's header."""
 
@@ -152,6 +137,31 @@ class GgufInfo:
     quantization: str | None = None
     context_length: int | None = None
     size_bytes: int | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        return {key: getattr(self, attr) for key, attr in GGUF_FIELDS.items() if getattr(self, attr) is not None}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """status.weights: the source whose pull succeeded, i.e. what the server pods load.
+
+    The file's GGUF metadata is kept with it: status.gguf moves on as soon as a
+    new pull starts, while the pods still run these weights.
+    """
+
+    digest: str
+    source: Source
+    sha256: str | None = None
+    gguf: GgufInfo = GgufInfo()
+
+    def to_status(self) -> dict[str, Any]:
+        recorded: dict[str, Any] = {"digest": self.digest, "source": self.source.canonical()}
+        if self.sha256:
+            recorded["sha256"] = self.sha256
+        if self.gguf.to_status():
+            recorded["gguf"] = self.gguf.to_status()
+        return recorded
 
 
 @dataclass(frozen=True)
@@ -213,7 +223,8 @@ def _pick(value: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict[str
 def _weights(value: Mapping[str, Any] | None) -> Weights | None:
     if not value or not value.get("digest") or not value.get("source"):
         return None
-    return Weights(digest=value["digest"], source=Source(value["source"]), sha256=value.get("sha256"))
+    return Weights(digest=value["digest"], source=Source(value["source"]), sha256=value.get("sha256"),
+                   gguf=GgufInfo(**_pick(value.get("gguf"), GGUF_FIELDS)))
 
 
 def _spec(spec: Mapping[str, Any], default_served_name: str) -> ModelSpec:

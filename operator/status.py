@@ -88,7 +88,7 @@ def _weights_condition(model: LocalModel, observed: Observed) -> Condition:
     weights = observed.weights
     if weights is not None and not needs_pull(model, weights):
         detail = f", sha256 {weights.sha256}" if weights.sha256 else ""
-        size = f" ({human_bytes(model.gguf.size_bytes)})" if model.gguf.size_bytes else ""
+        size = f" ({human_bytes(weights.gguf.size_bytes)})" if weights.gguf.size_bytes else ""
         return Condition(WEIGHTS_READY, True, "Pulled", f"{weights.source.model_path}{size} is in place{detail}")
     job = observed.job
     replacing = " (the previous weights keep serving meanwhile)" if weights else ""

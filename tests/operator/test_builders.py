@@ -10,17 +10,22 @@ from localmodel_operator import build_puller, build_server, build_storage, meta
 from localmodel_operator.children import current_weights, desired_children, stale_jobs
 from localmodel_operator.observed import job_state
 from localmodel_operator.resources import estimated_memory_bytes
-from localmodel_operator.spec import Source, Weights
+from localmodel_operator.spec import GgufInfo, LocalModel, Source, Weights
 
-from .factories import HF_SOURCE, SETTINGS, finished_job, model
+from .factories import HF_SOURCE, SETTINGS, finished_job, model, model_body
 
 SHA = "b" * 64
 GGUF = {"architecture": "qwen2", "parameters": 494_000_000, "contextLength": 32768, "sizeBytes": 400 * 2**20}
 
 
-def weights_for(source: dict, sha256: str | None = SHA) -> Weights:
+def weights_for(source: dict, sha256: str | None = SHA, gguf: GgufInfo = GgufInfo()) -> Weights:
     src = Source(source)
-    return Weights(digest=src.digest, source=src, sha256=sha256)
+    return Weights(digest=src.digest, source=src, sha256=sha256, gguf=gguf)
+
+
+def pulled(lm: LocalModel) -> Weights:
+    """The weights as recorded when lm's pull succeeded, with its GGUF metadata."""
+    return weights_for(dict(lm.spec.source.raw), gguf=lm.gguf)
 
 
 def owner_refs(obj: dict) -> list[dict]:
@@ -175,7 +180,7 @@ def test_puller_image_can_differ() -> None:
 def test_cpu_deployment() -> None:
     lm = model({"source": HF_SOURCE, "aliases": ["llama3"], "contextSize": 2048, "parallel": 2, "replicas": 3,
                 "args": ["--queue-size=8"], "env": [{"name": "A", "value": "b"}]}, {"gguf": GGUF})
-    deployment = build_server.deployment(lm, weights_for(HF_SOURCE), SETTINGS)
+    deployment = build_server.deployment(lm, pulled(lm), SETTINGS)
     spec = deployment["spec"]
     assert spec["replicas"] == 3
     assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "localmodel-server",
@@ -214,10 +219,10 @@ def test_memory_request_is_derived_from_the_file_and_kv_cache_only_when_the_user
     # more slots need a bigger KV cache
     wider = model({"source": HF_SOURCE, "parallel": 8}, {"gguf": GGUF})
     assert (estimated_memory_bytes(wider.spec, wider.gguf) or 0) > estimate
-    deployment = build_server.deployment(lm, weights_for(HF_SOURCE), SETTINGS)
+    deployment = build_server.deployment(lm, pulled(lm), SETTINGS)
     assert container(deployment)["resources"]["requests"]["memory"] == f"{-(-estimate // 2**20)}Mi"
     user = model({"source": HF_SOURCE, "resources": {"limits": {"memory": "3Gi"}}}, {"gguf": GGUF})
-    assert container(build_server.deployment(user, weights_for(HF_SOURCE), SETTINGS))["resources"] == {
+    assert container(build_server.deployment(user, pulled(user), SETTINGS))["resources"] == {
         "limits": {"memory": "3Gi"}}
     unknown = model()  # no GGUF metadata yet: no guess
     assert container(build_server.deployment(unknown, weights_for(HF_SOURCE), SETTINGS))["resources"] == {}
@@ -273,23 +278,28 @@ def test_a_new_model_gets_a_pull_job_and_no_server_yet() -> None:
 
 
 def test_weights_are_recorded_when_the_current_sources_job_succeeds() -> None:
-    lm = model(status={"download": {"sha256": SHA}})
+    lm = model(status={"download": {"sha256": SHA}, "gguf": GGUF})
     name = meta.job_name("qwen", lm.spec.source.digest)
     assert current_weights(lm, None) is None
     assert current_weights(lm, job_state(finished_job(name, "Failed"))) is None
     weights = current_weights(lm, job_state(finished_job(name, "Complete")))
-    assert weights == Weights(lm.spec.source.digest, lm.spec.source, SHA)
+    assert weights == Weights(lm.spec.source.digest, lm.spec.source, SHA, lm.gguf)
+    assert weights.to_status()["gguf"] == GGUF
+    assert LocalModel.from_body({**model_body(), "status": {"weights": weights.to_status()}}).weights == weights
     assert desired_children(lm, weights, SETTINGS).job is None
 
 
 def test_a_changed_source_keeps_serving_the_old_weights_until_the_new_pull_succeeds() -> None:
     old = {"url": "https://h.example/old.gguf"}
-    old_weights = weights_for(old)
-    lm = model({"source": {"url": "https://h.example/new.gguf"}}, {"weights": old_weights.to_status()})
+    old_weights = weights_for(old, gguf=model(status={"gguf": GGUF}).gguf)
+    serving = build_server.deployment(model({"source": old}), old_weights, SETTINGS)
+    # The new pull already reports the new file's metadata; the running pods must not notice.
+    new_gguf = {**GGUF, "sizeBytes": 8 * 2**30, "parameters": 8_000_000_000}
+    lm = model({"source": {"url": "https://h.example/new.gguf"}}, {"weights": old_weights.to_status(), "gguf": new_gguf})
     assert lm.weights == old_weights
     children = desired_children(lm, lm.weights, SETTINGS)
     deployment = next(c for c in children.applied if c["kind"] == "Deployment")
-    assert deployment["spec"]["template"]["metadata"]["annotations"]["localmodel.dev/weights"] == old_weights.digest
+    assert deployment["spec"]["template"] == serving["spec"]["template"]
     assert children.job is not None and children.job["metadata"]["name"].endswith(lm.spec.source.digest)
     new_job = meta.job_name("qwen", lm.spec.source.digest)
     assert stale_jobs(lm, [meta.job_name("qwen", old_weights.digest), new_job]) == [

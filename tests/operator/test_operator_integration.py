@@ -226,13 +226,18 @@ def test_replica_change_patches_and_source_change_repulls_then_rolls(cluster: Cl
     cluster.make_available("m")
     eventually(lambda: _ready_column(cluster, "m", "3/3"))
 
+    serving_generation = cluster.deployment("m").metadata.generation
     cluster.patch_spec("m", {"source": new})
     new_job = f"lm-m-pull-{digest(new)}"
     eventually(lambda: cluster.batch.read_namespaced_job(new_job, cluster.ns))
     eventually(lambda: _job_names(cluster, "m", [new_job]))  # the old source's Job is gone
     cluster.start_job(new_job)
     cluster.wait_phase("m", "Downloading")
-    # still serving the old weights while the new ones download
+    # The new pull reports the new file's metadata; the pods keep running the old weights, untouched.
+    cluster.report_download("m", {"bytesDone": 10, "bytesTotal": 8 * 2**30, "percent": 0},
+                            {**GGUF, "sizeBytes": 8 * 2**30, "parameters": 8_000_000_000})
+    eventually(lambda: _progress(cluster, "m", "0% of 8.0 GiB"))
+    assert cluster.deployment("m").metadata.generation == serving_generation
     assert cluster.deployment("m").spec.template.metadata.annotations["localmodel.dev/weights"] == digest(old)
     assert cluster.condition("m", "Available") == ("True", "MinimumReplicasAvailable")
 

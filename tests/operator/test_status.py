@@ -30,7 +30,7 @@ def conditions(status: dict) -> dict[str, tuple[str, str]]:
 
 
 def current_weights(lm: Any) -> Weights:
-    return Weights(lm.spec.source.digest, lm.spec.source, "c" * 64)
+    return Weights(lm.spec.source.digest, lm.spec.source, "c" * 64, lm.gguf)
 
 
 def job_name(lm: Any) -> str:
@@ -98,6 +98,7 @@ def test_weights_in_place_and_server_loading() -> None:
     assert status["phase"] == "Loading"
     assert status["progress"] == "100%"
     assert conditions(status)["WeightsReady"] == ("True", "Pulled")
+    assert "(400.0 MiB)" in next(c for c in status["conditions"] if c["type"] == "WeightsReady")["message"]
     assert conditions(status)["Available"] == ("False", "Loading")
     assert status["weights"] == weights.to_status()
 
