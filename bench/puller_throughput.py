@@ -9,7 +9,7 @@ filesystem; the table gives median MiB/s and the ratio (goal >= 0.9). The
 puller's number includes what curl does not do: SHA-256 of every byte, the
 GGUF header check, fsync and the atomic rename.
 
-The "curl, then sha256sum" row is the baseline with the same integrity work.
+The "curl, then openssl dgst" row is the baseline doing the same integrity work.
 The resume row runs `localmodel-pull` as a subprocess, SIGKILLs it once half
 the file is on disk, restarts it, and counts the bytes the server sent.
 `--clients` adds raw streaming loops of the candidate HTTP clients (the
@@ -22,7 +22,9 @@ import argparse
 import asyncio
 import http.client
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -32,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import GGUFWriter
@@ -55,10 +58,41 @@ def make_model(path: Path, size: int) -> Path:
     return path
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+class ServerProcess:
+    """The file server in a process of its own, so its CPU never counts as the client's."""
+
+    def __init__(self, file: Path) -> None:
+        self._conn, child = multiprocessing.Pipe()
+        self._process = multiprocessing.Process(target=_serve, args=(file, child), daemon=True)
+        self._process.start()
+        self.url: str = self._conn.recv()
+
+    def bytes_served(self) -> int:
+        self._conn.send("count")
+        return int(self._conn.recv())
+
+    def stop(self) -> None:
+        self._conn.send("stop")
+        self._process.join()
+
+
+def _serve(file: Path, conn: Any) -> None:
+    server = FaultyHTTPServer().start()
+    served = server.add_file("/m.gguf", file)
+    conn.send(f"{server.base_url}/m.gguf")
+    while conn.recv() == "count":
+        conn.send(served.bytes_served)
+    server.stop()
+
+
+def measured(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its children) for one run."""
+    cpu, children, start = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return wall, time.process_time() - cpu + child_cpu
 
 
 def run_curl(url: str, out: Path) -> None:
@@ -66,9 +100,9 @@ def run_curl(url: str, out: Path) -> None:
 
 
 def run_curl_then_hash(url: str, out: Path) -> None:
-    """curl plus what the puller adds: every byte hashed (sha256sum reads it back from the page cache)."""
+    """curl plus the integrity work the puller does: SHA-256 of every byte (OpenSSL, read from page cache)."""
     run_curl(url, out)
-    subprocess.run(["sha256sum", str(out)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["openssl", "dgst", "-sha256", str(out)], check=True, stdout=subprocess.DEVNULL)
 
 
 def run_puller(url: str, dest: Path) -> None:
@@ -116,11 +150,10 @@ def client_loops(url: str, out: Path) -> dict[str, Callable[[], None]]:
     return {"http.client": stdlib, "urllib3": with_urllib3, "httpx": with_httpx, "aiohttp": with_aiohttp}
 
 
-def resume_run(url: str, dest: Path, size: int, server: FaultyHTTPServer) -> dict[str, int]:
-    served = server.files["/m.gguf"]
-    source = json.dumps({"url": url})
-    command = [str(Path(sys.executable).with_name("localmodel-pull")), "--source", source, "--dest", str(dest)]
-    start = served.bytes_served
+def resume_run(server: ServerProcess, dest: Path, size: int) -> dict[str, int]:
+    command = [str(Path(sys.executable).with_name("localmodel-pull")), "--source", json.dumps({"url": server.url})]
+    command += ["--dest", str(dest)]
+    start = server.bytes_served()
     first = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     partial = dest / PARTIAL_FILE
     while not (partial.exists() and partial.stat().st_size >= size // 2):
@@ -131,9 +164,9 @@ def resume_run(url: str, dest: Path, size: int, server: FaultyHTTPServer) -> dic
     first.wait()
     time.sleep(0.2)  # let the server notice the closed connection and finish counting
     kept = partial.stat().st_size
-    served_first = served.bytes_served - start
+    served_first = server.bytes_served() - start
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    served_second = served.bytes_served - start - served_first
+    served_second = server.bytes_served() - start - served_first
     return {"kept": kept, "first": served_first, "second": served_second, "refetched": served_second - (size - kept)}
 
 
@@ -143,41 +176,42 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", action="store_true", help="also time raw loops of candidate HTTP clients")
     args = parser.parse_args()
-    if shutil.which("curl") is None:
-        raise SystemExit("curl is needed as the baseline (apt-get install -y curl)")
+    if shutil.which("curl") is None or shutil.which("openssl") is None:
+        raise SystemExit("curl and openssl are the baselines (apt-get install -y curl openssl)")
 
     with tempfile.TemporaryDirectory(prefix="puller-bench-") as tmp:
         root = Path(tmp)
         model = make_model(root / "served.gguf", args.size_mib << 20)
         size = model.stat().st_size
-        server = FaultyHTTPServer().start()
-        server.add_file("/m.gguf", model)
-        url = f"{server.base_url}/m.gguf"
+        server = ServerProcess(model)
+        url = server.url
         contenders: dict[str, Callable[[Path], None]] = {
             "curl -o": lambda d: run_curl(url, d / "curl.out"),
-            "curl -o, then sha256sum": lambda d: run_curl_then_hash(url, d / "curl.out"),
-            "localmodel-pull (pull())": lambda d: run_puller(url, d),
+            "curl -o, then openssl dgst -sha256": lambda d: run_curl_then_hash(url, d / "curl.out"),
+            "pull() (localmodel-pull)": lambda d: run_puller(url, d),
         }
         if args.clients:
             for name, loop in client_loops(url, root / "out" / "client.out").items():
                 contenders[f"raw loop: {name}"] = lambda d, loop=loop: loop()
-        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
         for _ in range(args.rounds):
             for name, run in contenders.items():
                 out = root / "out"
                 out.mkdir()
-                rates[name].append(size / (1 << 20) / timed(lambda run=run, out=out: run(out)))
+                runs[name].append(measured(lambda run=run, out=out: run(out)))
                 shutil.rmtree(out)
-        resume = resume_run(url, root / "resume", size, server)
+        resume = resume_run(server, root / "resume", size)
         server.stop()
 
-    curl = statistics.median(rates["curl -o"])
-    print(f"file: {size} bytes ({args.size_mib} MiB GGUF), {args.rounds} rounds, load avg {os.getloadavg()[0]:.1f}")
-    print("| contender | median MiB/s | ÷ curl |")
-    print("|---|---|---|")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.0f} | {median / curl:.2f} |")
+    gib = size / (1 << 30)
+    rate = {name: statistics.median(size / (1 << 20) / wall for wall, _ in r) for name, r in runs.items()}
+    print(f"file: {size} bytes ({args.size_mib} MiB GGUF), {args.rounds} rounds, {os.cpu_count()} CPUs, "
+          f"load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print("| contender | median MiB/s | ÷ curl | client CPU-s per GiB |")
+    print("|---|---|---|---|")
+    for name, r in runs.items():
+        cpu = statistics.median(c for _, c in r) / gib
+        print(f"| {name} | {rate[name]:.0f} | {rate[name] / rate['curl -o']:.2f} | {cpu:.2f} |")
     print()
     print("| resume after SIGKILL at ≥50% | bytes |")
     print("|---|---|")

@@ -13,7 +13,7 @@ from support.http_faults import FaultyHTTPServer, Faults
 from support.puller_gguf import write_gguf
 
 from localmodel_server.puller import PullError, Reason, RetryPolicy, parse_source, pull
-from localmodel_server.puller.progress import PullResult
+from localmodel_server.puller.result import PullResult
 from localmodel_server.puller.store import MARKER_FILE, MODEL_FILE, PARTIAL_FILE
 from localmodel_server.puller.writer import BLOCK_SIZE
 
