@@ -155,6 +155,7 @@ class HTTPConnection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._refusal = ""
         self._reset_message()
 
     # asyncio.Protocol
@@ -172,7 +173,8 @@ class HTTPConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._reject("Protocol upgrades are not supported.")
         except httptools.HttpParserError as exc:
-            self._reject(f"Malformed HTTP request: {exc}.")
+            # An exception raised in a callback reaches here as "User callback error"; say what it was.
+            self._reject(self._refusal or f"Malformed HTTP request: {exc}.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._tracker.discard(self)
@@ -212,7 +214,8 @@ class HTTPConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise httptools.HttpParserError("request headers are too large")
+            self._refusal = f"Request headers are larger than {MAX_HEADER_BYTES} bytes."
+            raise httptools.HttpParserError(self._refusal)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
