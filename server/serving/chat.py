@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, AsyncIterator
 
 from starlette.requests import Request
@@ -50,11 +49,7 @@ class ChatService(g.GenerationService):
 
     async def complete(self, req: ChatCompletionRequest, request: Request) -> ChatCompletion:
         plan, forced = self._prepare(req)
-        started = time.perf_counter()
-        gen = g.submit(self.runtime, plan)
-        result = await g.collect(gen, request, on_first_token=lambda: self._first_token(started))
-        finished = g.raise_if_failed(result.finished)
-        self._count(finished)
+        result, finished = await self._complete(plan, request)
         calls = parse_tool_calls(result.text, req) if (forced or req.tools) else None
         if calls:
             message = ResponseMessage(content=None, tool_calls=calls)
@@ -72,12 +67,10 @@ class ChatService(g.GenerationService):
     async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
         """Validate now (errors become HTTP statuses), then return the SSE body."""
         plan, forced = self._prepare(req)
-        started = time.perf_counter()
-        gen = g.submit(self.runtime, plan)
-        return self._stream_body(req, gen, forced, started)
+        return self._stream_body(req, self._start_stream(plan), forced)
 
-    async def _stream_body(self, req: ChatCompletionRequest, gen: g.Generation, forced: bool,
-                           started: float) -> AsyncIterator[str]:
+    async def _stream_body(self, req: ChatCompletionRequest, events: AsyncIterator[g.Delta | g.Finished],
+                           forced: bool) -> AsyncIterator[str]:
         chunk_id, created, model = g.new_id("chatcmpl"), g.now(), self.runtime.settings.model_id
 
         def chunk(delta: ChatDelta, reason: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
@@ -89,12 +82,8 @@ class ChatService(g.GenerationService):
         yield chunk(ChatDelta(role="assistant", content=""))
         # With tools on offer, output that starts like a call is held back and parsed at the end.
         held: list[str] | None = [] if forced else None
-        first = True
-        async for event in g.stream_events(gen):
+        async for event in events:
             if isinstance(event, Delta):
-                if first:
-                    self._first_token(started)
-                    first = False
                 if held is None and req.tools and req.tool_choice != "none":
                     if event.text.lstrip().startswith(TOOL_CALL_PREFIXES):
                         held = []
@@ -107,7 +96,6 @@ class ChatService(g.GenerationService):
             if event.reason == "error":
                 yield errors.internal_error().body_bytes().decode()
                 return
-            self._count(event)
             reason = "length" if event.reason == "length" else "stop"
             if held is not None:
                 text = "".join(held)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import AsyncIterator
 
 from starlette.requests import Request
@@ -30,11 +29,7 @@ class CompletionService(g.GenerationService):
 
     async def complete(self, req: CompletionRequest, request: Request) -> Completion:
         plan, echo = self._prepare(req)
-        started = time.perf_counter()
-        gen = g.submit(self.runtime, plan)
-        result = await g.collect(gen, request, on_first_token=lambda: self._first_token(started))
-        finished = g.raise_if_failed(result.finished)
-        self._count(finished)
+        result, finished = await self._complete(plan, request)
         return Completion(
             id=g.new_id("cmpl"), created=g.now(), model=self.runtime.settings.model_id,
             choices=[CompletionChoice(
@@ -47,12 +42,10 @@ class CompletionService(g.GenerationService):
 
     async def stream(self, req: CompletionRequest) -> AsyncIterator[str]:
         plan, echo = self._prepare(req)
-        started = time.perf_counter()
-        gen = g.submit(self.runtime, plan)
-        return self._stream_body(req, gen, echo, started)
+        return self._stream_body(req, self._start_stream(plan), echo)
 
-    async def _stream_body(self, req: CompletionRequest, gen: g.Generation, echo: str,
-                           started: float) -> AsyncIterator[str]:
+    async def _stream_body(self, req: CompletionRequest, events: AsyncIterator[g.Delta | g.Finished],
+                           echo: str) -> AsyncIterator[str]:
         chunk_id, created, model = g.new_id("cmpl"), g.now(), self.runtime.settings.model_id
 
         def chunk(text: str, reason: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
@@ -63,12 +56,9 @@ class CompletionService(g.GenerationService):
 
         if echo:
             yield chunk(echo)
-        offset, first = len(echo), True
-        async for event in g.stream_events(gen):
+        offset = len(echo)
+        async for event in events:
             if isinstance(event, Delta):
-                if first:
-                    self._first_token(started)
-                    first = False
                 logprobs = self._logprobs(event.tokens, offset) if req.logprobs is not None else None
                 offset += len(event.text)
                 yield chunk(event.text, logprobs=logprobs)
@@ -76,7 +66,6 @@ class CompletionService(g.GenerationService):
             if event.reason == "error":
                 yield errors.internal_error().body_bytes().decode()
                 return
-            self._count(event)
             yield chunk("", "length" if event.reason == "length" else "stop")
             if req.include_usage_in_stream:
                 yield Completion(id=chunk_id, created=created, model=model, choices=[],

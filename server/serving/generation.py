@@ -167,6 +167,31 @@ class GenerationService:
             )
         return rt.model
 
+    async def _complete(self, plan: GenerationRequest, request: Request) -> tuple[Collected, Finished]:
+        """Run a request to its end (non-streaming)."""
+        started = time.perf_counter()
+        gen = submit(self.runtime, plan)
+        result = await collect(gen, request, on_first_token=lambda: self._first_token(started))
+        finished = raise_if_failed(result.finished)
+        self._count(finished)
+        return result, finished
+
+    def _start_stream(self, plan: GenerationRequest) -> AsyncIterator[Delta | Finished]:
+        """Admit a streaming request now (so refusals are HTTP statuses) and return its events."""
+        started = time.perf_counter()
+        gen = submit(self.runtime, plan)
+        return self._observed(gen, started)
+
+    async def _observed(self, gen: Generation, started: float) -> AsyncIterator[Delta | Finished]:
+        first = True
+        async for event in stream_events(gen):
+            if isinstance(event, Delta) and first:
+                self._first_token(started)
+                first = False
+            elif isinstance(event, Finished) and event.reason != "error":
+                self._count(event)
+            yield event
+
     def _first_token(self, started: float) -> None:
         self.metrics.ttft.labels(self.endpoint).observe(time.perf_counter() - started)
 
