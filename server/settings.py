@@ -39,7 +39,6 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     host: str = Field("0.0.0.0", description="Listen address.")
     port: int = Field(8000, ge=0, le=65535, description="Listen port.")
-    log_prompts: bool = Field(False, description="Log prompt text (off by default: prompts may hold private data).")
 
     @field_validator("aliases", mode="before")
     @classmethod
