@@ -281,3 +281,16 @@ def test_a_second_pull_into_the_same_directory_waits_and_reuses_the_first(
         results = [first.result(timeout=60), second.result(timeout=60)]
     assert [r.skipped for r in results] == [False, True]
     assert served.bytes_served == model.stat().st_size
+
+
+def test_http_proxy_from_the_environment(
+    http_faults: FaultyHTTPServer, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = http_faults.add_file("/m.gguf", model)
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, http_faults.base_url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    result = pull(parse_source({"url": "http://models.example.invalid/m.gguf"}), tmp_path / "models", policy=FAST)
+    assert result.sha256 == sha256(model)
+    assert served.requests[0][":target"] == "http://models.example.invalid/m.gguf"  # absolute form: a proxy request

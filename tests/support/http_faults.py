@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -96,12 +97,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _serve(self, body: bool) -> None:
-        served = self.server.files.get(self.path.split("?", 1)[0])
+        # An absolute URL means we are used as a plain-HTTP proxy: serve its path all the same.
+        served = self.server.files.get(urlsplit(self.path).path)
         if served is None:
             self._empty(404)
             return
         with self.server.lock:
-            served.requests.append({k.lower(): v for k, v in self.headers.items()} | {":method": self.command})
+            request = {k.lower(): v for k, v in self.headers.items()}
+            served.requests.append(request | {":method": self.command, ":target": self.path})
         faults = served.faults
         if faults.status is not None:
             self._empty(faults.status)
