@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,8 +21,6 @@ from localmodel_operator.spec import LocalModel
 from localmodel_operator.status import (
     Event, Observed, condition_events, derive_status, progress, status_patch,
 )
-
-log = logging.getLogger(__name__)
 
 
 class ModelLocks:

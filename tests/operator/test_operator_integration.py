@@ -7,7 +7,6 @@ Nothing runs pods here, so the tests play the Job and Deployment controllers
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
