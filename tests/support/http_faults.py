@@ -49,6 +49,7 @@ class ServedFile:
     faults: Faults = field(default_factory=Faults)
     bytes_served: int = 0
     requests: list[dict[str, str]] = field(default_factory=list)
+    body_bytes: list[int] = field(default_factory=list)  # per response with a body, in order
 
 
 class FaultyHTTPServer(ThreadingHTTPServer):
@@ -159,11 +160,14 @@ class _Handler(BaseHTTPRequestHandler):
             cut = min(cut if cut is not None else length, max(0, faults.truncate_at - offset))
         stall = self._take(faults, "stall")
         plain = cut is None and stall is None and faults.rate_bytes_per_s is None
+        with self.server.lock:
+            response = len(served.body_bytes)
+            served.body_bytes.append(0)
         sent = 0
         with served.path.open("rb") as f:
             try:
                 if plain:
-                    self._sendfile(f, offset, length, served)
+                    self._sendfile(f, offset, length, served, response)
                     return
                 f.seek(offset)
                 while sent < length:
@@ -177,14 +181,14 @@ class _Handler(BaseHTTPRequestHandler):
                     limits = [_CHUNK, length - sent] + [x - sent for x in (cut, stall) if x is not None]
                     data = f.read(min(limits))
                     self.wfile.write(data)
-                    self._count(served, len(data))
+                    self._count(served, response, len(data))
                     sent += len(data)
                     if faults.rate_bytes_per_s:
                         time.sleep(len(data) / faults.rate_bytes_per_s)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
 
-    def _sendfile(self, f, offset: int, length: int, served: ServedFile) -> int:  # type: ignore[no-untyped-def]
+    def _sendfile(self, f, offset: int, length: int, served: ServedFile, response: int) -> None:  # type: ignore[no-untyped-def]
         self.wfile.flush()
         sent = 0
         while sent < length:
@@ -192,8 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
             if n == 0:
                 break
             sent += n
-            self._count(served, n)
-        return sent
+            self._count(served, response, n)
 
     def _take(self, faults: Faults, kind: str) -> int | None:
         """Arm a counted fault (drop or stall) for this response, if any are left."""
@@ -205,9 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
             setattr(faults, f"{kind}_times", times - 1)
             return int(after)
 
-    def _count(self, served: ServedFile, n: int) -> None:
+    def _count(self, served: ServedFile, response: int, n: int) -> None:
         with self.server.lock:
             served.bytes_served += n
+            served.body_bytes[response] += n
 
     def _empty(self, status: int) -> None:
         self.send_response(status)
