@@ -205,7 +205,9 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset_message()
-        self._cancel_timer()
+        # A request must arrive whole within the idle timeout: a client trickling
+        # headers or body cannot hold a connection forever.
+        self._arm(self._abort_slow_request)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -245,6 +247,7 @@ class HTTPConnection(asyncio.Protocol):
         self._closing = True
 
     def on_message_complete(self) -> None:
+        self._cancel_timer()
         if self._closing:
             return
         exchange = Exchange(
@@ -342,8 +345,15 @@ class HTTPConnection(asyncio.Protocol):
         self._closing = True
 
     def _arm_idle(self) -> None:
+        self._arm(self._idle_expired)
+
+    def _arm(self, callback: Callable[[], None]) -> None:
         self._cancel_timer()
-        self._timer = self._loop.call_later(self._idle_timeout, self._idle_expired)
+        self._timer = self._loop.call_later(self._idle_timeout, callback)
+
+    def _abort_slow_request(self) -> None:
+        log.info("closing a connection whose request did not arrive within %g s", self._idle_timeout)
+        self.abort()
 
     def _idle_expired(self) -> None:
         if self._current is None and not self._queue and self._transport is not None:
