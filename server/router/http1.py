@@ -183,8 +183,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             # The client left: cancelling the handler closes its backend request too.
             self._task.cancel()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(ConnectionResetError("client disconnected"))
+        self.resume_writing()  # wakes a writer waiting in drain(), which then sees the close
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -267,10 +266,10 @@ class HTTPConnection(asyncio.Protocol):
             self._transport.write(data)
 
     async def drain(self) -> None:
-        if self._closing:
-            raise ConnectionResetError("client disconnected")
         if self._writable is not None and not self._writable.done():
             await self._writable
+        if self._closing:
+            raise ConnectionResetError("client disconnected")
 
     def abort(self) -> None:
         self._closing = True

@@ -302,3 +302,17 @@ def test_bad_routes_file_is_a_clear_startup_error(router_process, tmp_path):
         router_process("--routes", str(routes))
     assert "backend URL must be http://host:port" in str(caught.value)
     assert "Traceback" not in str(caught.value)
+
+
+def test_sigterm_lets_requests_in_flight_finish(fake_backend, router_process):
+    backend = fake_backend("m")
+    backend.configure(response_delay=1.5)
+    router = router_process("--route", f"m={backend.base_url}")
+    results: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: results.append(post(router, {"model": "m", "messages": []})))
+    thread.start()
+    assert wait_for(lambda: backend.stats()["in_flight"] == 1)
+    assert router.stop(signal.SIGTERM) == 0
+    thread.join(10)
+    assert [r.status_code for r in results] == [200]
+    assert "waiting up to 30 s for requests in flight" in router.log()
