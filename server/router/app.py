@@ -7,7 +7,6 @@ paths, so dispatch is a few comparisons.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +31,6 @@ from .metrics import UNROUTED, RouterMetrics
 from .proxy import Proxy, forward_header_block
 from .routes import RouteTable
 from .upstream import UpstreamPool
-
-log = logging.getLogger(__name__)
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 MODELS_PATH = "/v1/models"

@@ -19,7 +19,7 @@ from .balancer import Balancer, NoEndpoint, parse_retry_after
 from .http1 import Exchange
 from .metrics import RouterMetrics
 from .routes import RouteEntry
-from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool, UpstreamTimeout
+from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool, UpstreamTimeout, find_header
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class Proxy:
             except _BackendRefused as exc:
                 refused = exc
                 self.metrics.upstream_errors.labels(model, f"status_{exc.status}").inc()
-                pause = parse_retry_after(_header(exc.headers, b"retry-after"))
+                retry_after = find_header(exc.headers, b"retry-after")
+                pause = parse_retry_after(retry_after.decode("latin-1") if retry_after is not None else None)
                 if pause is not None:
                     self.balancer.cool_down(endpoint.url, pause, f"its backends asked to retry after {math.ceil(pause)} s")
             except UpstreamTimeout as exc:
@@ -165,9 +166,3 @@ class Proxy:
         endpoints = "endpoint" if len(tried) == 1 else f"{len(tried)} endpoints"
         return bad_gateway(f"No backend of model '{entry.name}' answered (tried {endpoints}): {failure}.")
 
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None

@@ -59,6 +59,14 @@ class Origin:
         return cls(parts.hostname, port, parts.netloc.encode("ascii"))
 
 
+def find_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """First value of header `name` (lower case) in a raw header list."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
 class Response:
     """A backend's answer; its body arrives through `read()` or `next_chunk()`."""
 
@@ -73,10 +81,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return find_header(self.headers, name)
 
     @property
     def complete(self) -> bool:
