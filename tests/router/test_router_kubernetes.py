@@ -147,3 +147,39 @@ def test_not_ready_until_localmodels_can_be_listed(control_plane, admin, namespa
     bind_router_rules(admin, namespace, "no-rights")
     assert wait_for(lambda: httpx.get(f"{router.base_url}/readyz").status_code == 200, timeout=40)
 
+
+
+def test_all_namespaces_with_a_cluster_role(control_plane, admin, namespace, host_address, fake_backend, router_process):
+    # A second namespace: the same served name claimed twice, the older LocalModel keeps it.
+    other = f"{namespace[:50]}-b"
+    CoreV1Api(admin).create_namespace({"metadata": {"name": other}})
+    unique = f"shared-{namespace[-6:]}"  # other tests' LocalModels are visible too; this name is ours alone
+    first, second = fake_backend("first", host=host_address), fake_backend("second", host=host_address)
+    create_model(admin, namespace, "m", servedName=unique)
+    expose(admin, namespace, "m", host_address, first.port)
+    create_model(admin, other, "m", servedName=unique, aliases=[f"{unique}-b"])
+    expose(admin, other, "m", host_address, second.port)
+
+    rules = yaml.safe_load(RULES_PATH.read_text())
+    rbac = RbacAuthorizationV1Api(admin)
+    name = f"router-{namespace}"
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": ROUTER_SA, "namespace": namespace}],
+    })
+    try:
+        kubeconfig = control_plane.serviceaccount_kubeconfig(namespace, ROUTER_SA)
+        router = router_process("--kubernetes", "--kubeconfig", str(kubeconfig))
+        assert chat(router, unique).status_code == 200
+        assert first.stats()["requests"] == 1 and second.stats()["requests"] == 0
+        # The younger model is not served at all, aliases included: a shadowed model fails loudly.
+        assert chat(router, f"{unique}-b").status_code == 404
+        assert second.stats()["requests"] == 0
+        assert router.metric("localmodel_router_route_conflicts") >= 1
+        assert f"model '{unique}' of {other}/{unique} is already served by {namespace}/{unique}" in router.log()
+    finally:
+        rbac.delete_cluster_role_binding(name)
+        rbac.delete_cluster_role(name)
+        CoreV1Api(admin).delete_namespace(other)
