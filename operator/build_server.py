@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from localmodel_operator import meta
 from localmodel_operator.build_pod import container_security_context, pod_security_context, volume_mounts, volumes
 from localmodel_operator.resources import server_resources
 from localmodel_operator.settings import OperatorSettings
-from localmodel_operator.spec import LocalModel, Weights
+from localmodel_operator.spec import Gpu, LocalModel, ModelSpec, Weights
 
 # Loading a large model from network storage can take many minutes: the startup
 # probe allows up to an hour before liveness takes over.
@@ -43,19 +44,34 @@ def _probe(path: str, period_s: int, failures: int, timeout_s: int) -> dict[str,
     }
 
 
-def _tolerations(model: LocalModel) -> list[dict[str, Any]]:
-    tolerations = [dict(toleration) for toleration in model.spec.tolerations]
-    gpu = model.spec.gpu
+def with_gpu_defaults(spec: ModelSpec, settings: OperatorSettings) -> ModelSpec:
+    """A GPU model's pod settings: the cluster's GPU defaults (Helm values), under the model's own."""
+    if spec.gpu.count == 0:
+        return spec
+    extra = [dict(t) for t in settings.gpu_tolerations if t not in spec.tolerations]
+    return dataclasses.replace(
+        spec,
+        gpu=Gpu(spec.gpu.count, spec.gpu.resource_name or settings.gpu_resource_name),
+        node_selector={**settings.gpu_node_selector, **spec.node_selector},
+        tolerations=(*spec.tolerations, *extra),
+        runtime_class_name=spec.runtime_class_name or settings.gpu_runtime_class_name or None,
+        image=spec.image or settings.gpu_image or None,
+    )
+
+
+def _tolerations(spec: ModelSpec) -> list[dict[str, Any]]:
+    tolerations = [dict(toleration) for toleration in spec.tolerations]
+    gpu = spec.gpu
     # GPU nodes are commonly tainted with their resource name (the NVIDIA GPU operator does this).
     if gpu.count > 0 and not any(t.get("key") == gpu.resource_name for t in tolerations):
         tolerations.append({"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
     return tolerations
 
 
-def _rolling_update(model: LocalModel) -> dict[str, Any]:
+def _rolling_update(spec: ModelSpec) -> dict[str, Any]:
     # A surge pod needs a spare GPU that usually does not exist, so GPU models replace
     # pods in place; CPU models surge so that serving never stops.
-    if model.spec.gpu.count > 0:
+    if spec.gpu.count > 0:
         return {"maxSurge": 0, "maxUnavailable": 1}
     return {"maxSurge": 1, "maxUnavailable": 0}
 
@@ -69,7 +85,7 @@ def _weights_annotations(weights: Weights) -> dict[str, str]:
 
 def deployment(model: LocalModel, weights: Weights, settings: OperatorSettings) -> dict[str, Any]:
     """The server pods, loading `weights` (which lag spec.source while a new pull runs)."""
-    spec = model.spec
+    spec = with_gpu_defaults(model.spec, settings)
     claim = weights.source.claim_name or meta.pvc_name(model.name)
     prestop = settings.prestop_sleep_s
     container: dict[str, Any] = {
@@ -100,7 +116,7 @@ def deployment(model: LocalModel, weights: Weights, settings: OperatorSettings) 
     }
     optional = {
         "nodeSelector": dict(spec.node_selector),
-        "tolerations": _tolerations(model),
+        "tolerations": _tolerations(spec),
         "affinity": dict(spec.affinity) if spec.affinity else None,
         "runtimeClassName": spec.runtime_class_name,
         "priorityClassName": spec.priority_class_name,
@@ -114,7 +130,7 @@ def deployment(model: LocalModel, weights: Weights, settings: OperatorSettings) 
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": _rolling_update(model)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": _rolling_update(spec)},
             # Never call a rollout stuck while the startup probe still allows the model to load.
             "progressDeadlineSeconds": STARTUP_PERIOD_S * STARTUP_FAILURES + 300,
             "template": {

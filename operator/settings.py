@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +29,17 @@ class OperatorSettings(BaseSettings):
         "", description="Base URL of localmodel-router, e.g. http://localmodel-router.localmodel:8000; "
         "empty makes status.endpoint point at the model's own Service.",
     )
+    gpu_image: str = Field("", description="Image for models that ask for GPUs (a CUDA build); empty means server_image.")
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", description="Extended resource counting GPUs, for models whose spec.gpu names none."
+    )
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels for GPU models (JSON); a model's own nodeSelector wins per key."
+    )
+    gpu_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tolerations added to GPU models' pods (JSON list)."
+    )
+    gpu_runtime_class_name: str = Field("", description="RuntimeClass for GPU models that set none (e.g. nvidia).")
     drain_timeout_s: int = Field(30, ge=0, description="Seconds a server may finish in-flight requests after SIGTERM.")
     prestop_sleep_s: int = Field(10, ge=0, description="Seconds a terminating pod waits so routers stop sending first.")
     pull_backoff_limit: int = Field(3, ge=0, description="Pod retries of a pull Job after crashes (not after a reported failure).")

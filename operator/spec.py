@@ -86,7 +86,8 @@ def _host_and_file(url: str) -> str:
 @dataclass(frozen=True)
 class Gpu:
     count: int = 0
-    resource_name: str = "nvidia.com/gpu"
+    # None: the operator's configured default (LOCALMODEL_GPU_RESOURCE_NAME).
+    resource_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def _spec(spec: Mapping[str, Any], default_served_name: str) -> ModelSpec:
         parallel=spec.get("parallel", 4),
         gpu_layers=spec.get("gpuLayers"),
         resources=spec.get("resources") or {},
-        gpu=Gpu(gpu.get("count", 1), gpu.get("resourceName", "nvidia.com/gpu")) if gpu is not None else Gpu(),
+        gpu=Gpu(gpu.get("count", 1), gpu.get("resourceName")) if gpu is not None else Gpu(),
         node_selector=spec.get("nodeSelector") or {},
         tolerations=tuple(spec.get("tolerations") or ()),
         affinity=spec.get("affinity"),

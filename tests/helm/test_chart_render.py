@@ -154,10 +154,6 @@ def operator_settings(objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyP
     return OperatorSettings()
 
 
-GPU_SETTINGS = {"LOCALMODEL_GPU_IMAGE", "LOCALMODEL_GPU_RESOURCE_NAME", "LOCALMODEL_GPU_NODE_SELECTOR",
-                "LOCALMODEL_GPU_TOLERATIONS", "LOCALMODEL_GPU_RUNTIME_CLASS_NAME"}
-
-
 def unknown_settings(objects: list[dict[str, Any]]) -> set[str]:
     names = {name for name in env(operator_container(objects)) if name.startswith("LOCALMODEL_")}
     known = {f"LOCALMODEL_{field.upper()}" for field in OperatorSettings.model_fields}
@@ -165,16 +161,8 @@ def unknown_settings(objects: list[dict[str, Any]]) -> set[str]:
 
 
 @pytest.mark.parametrize("name", sorted(CI))
-def test_the_operator_reads_every_setting_the_chart_passes_except_gpu_defaults(
-    renders: dict[str, list[dict[str, Any]]], name: str
-) -> None:
-    assert unknown_settings(renders[name]) - GPU_SETTINGS == set()
-
-
-@pytest.mark.xfail(strict=True, reason="localmodel_operator.settings has no GPU defaults yet (LOCALMODEL_GPU_*); "
-                                       "remove this mark when it reads them")
-def test_the_operator_reads_the_gpu_defaults(renders: dict[str, list[dict[str, Any]]]) -> None:
-    assert unknown_settings(renders["gpu"]) == set()
+def test_the_operator_reads_every_setting_the_chart_passes(renders: dict[str, list[dict[str, Any]]], name: str) -> None:
+    assert unknown_settings(renders[name]) == set()
 
 
 def test_operator_settings_from_the_default_values(

@@ -259,6 +259,26 @@ def test_explicit_gpu_layers_and_other_gpu_vendors() -> None:
     assert server["resources"]["limits"] == {"amd.com/gpu": 1}
 
 
+def test_gpu_models_take_the_cluster_gpu_defaults_under_their_own() -> None:
+    settings = SETTINGS.model_copy(update={
+        "gpu_image": "registry.test/localmodel:cuda", "gpu_resource_name": "amd.com/gpu",
+        "gpu_node_selector": {"gpu": "yes", "zone": "a"}, "gpu_runtime_class_name": "nvidia",
+        "gpu_tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+    })
+    lm = model({"source": HF_SOURCE, "gpu": {"count": 1}, "nodeSelector": {"zone": "b"}})
+    pod = build_server.deployment(lm, weights_for(HF_SOURCE), settings)["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["image"] == "registry.test/localmodel:cuda"
+    assert server["resources"]["limits"] == {"amd.com/gpu": 1}
+    assert pod["nodeSelector"] == {"gpu": "yes", "zone": "b"}
+    assert pod["runtimeClassName"] == "nvidia"
+    assert {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    cpu = build_server.deployment(model(), weights_for(HF_SOURCE), settings)["spec"]["template"]["spec"]
+    assert cpu["containers"][0]["image"] == SETTINGS.server_image
+    assert "nodeSelector" not in cpu and "runtimeClassName" not in cpu
+
+
 def test_service() -> None:
     service = build_server.service(model())
     assert service["metadata"]["name"] == "lm-qwen"

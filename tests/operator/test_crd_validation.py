@@ -127,7 +127,7 @@ def test_defaults_are_filled_in(models: CustomObjectsApi, namespace: str) -> Non
     spec = created["spec"]
     assert spec["replicas"] == 1
     assert spec["parallel"] == 4
-    assert spec["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu"}
+    assert spec["gpu"] == {"count": 1}
     assert spec["storage"] == {"accessModes": ["ReadWriteOnce"], "retainOnDelete": False}
     assert spec["source"]["hf"]["revision"] == "main"
 
