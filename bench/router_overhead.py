@@ -98,10 +98,10 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
-def stream_delays(port: int, path_model: str, streams: int) -> list[float]:
+def stream_delays(port: int, model: str, streams: int) -> list[float]:
     """Seconds from each chunk's send time at the backend to its arrival here."""
     delays = []
-    body = json.dumps({"model": path_model, "messages": [], "stream": True}).encode()
+    body = json.dumps({"model": model, "messages": [], "stream": True}).encode()
     for _ in range(streams):
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
@@ -136,12 +136,14 @@ def main() -> None:
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
     backend, backend_port = start([sys.executable, str(FAKE_BACKEND), "--port", "0", "--name", "llama3"], rb"LISTENING (\d+)", work / "backend.log")
-    router, router_port = start(
-        [sys.executable, "-m", "localmodel_server.router.main", "--host", "127.0.0.1", "--port", "0",
-         "--route", f"tiny-chat,llama3=http://127.0.0.1:{backend_port}"],
-        rb"serving on http://[^:]+:(\d+)", work / "router.log",
-    )
+    processes = [backend]
     try:
+        router, router_port = start(
+            [sys.executable, "-m", "localmodel_server.router.main", "--host", "127.0.0.1", "--port", "0",
+             "--route", f"tiny-chat,llama3=http://127.0.0.1:{backend_port}"],
+            rb"serving on http://[^:]+:(\d+)", work / "router.log",
+        )
+        processes.append(router)
         direct_url = f"http://127.0.0.1:{backend_port}/v1/chat/completions"
         routed_url = f"http://127.0.0.1:{router_port}/v1/chat/completions"
         pids = {"backend": backend.pid, "router": router.pid}
@@ -159,10 +161,9 @@ def main() -> None:
         direct_delays = stream_delays(backend_port, "llama3", args.streams)
         routed_delays = stream_delays(router_port, "llama3", args.streams)
     finally:
-        router.terminate()
-        backend.terminate()
-        router.wait()
-        backend.wait()
+        for proc in processes:
+            proc.terminate()
+            proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"## Router overhead ({args.rounds} alternating rounds of {args.duration} s, medians; wrk -t1)\n")
