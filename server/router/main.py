@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--routes", type=Path, default=_env("routes"), help="static route table (YAML or JSON, see docs/router.md); re-read when it changes")
     source.add_argument("--route", action="append", default=None, metavar="NAME[,ALIAS...]=URL[,URL...]", help="a static route; repeatable")
-    source.add_argument("--kubernetes", action="store_true", default=bool(_env("kubernetes")), help="discover LocalModels and their endpoints in the cluster")
+    source.add_argument("--kubernetes", action="store_true", default=(_env("kubernetes") or "").lower() in ("1", "true", "yes"), help="discover LocalModels and their endpoints in the cluster")
     parser.add_argument("--namespace", action="append", default=None, help="with --kubernetes: watch only this namespace; repeatable (default: all)")
     parser.add_argument("--kubeconfig", default=_env("kubeconfig"), help="with --kubernetes: kubeconfig file (default: in-cluster credentials, else ~/.kube/config)")
     parser.add_argument("--host", default=_env("host", "0.0.0.0"))
