@@ -183,6 +183,7 @@ def main() -> None:
         root = Path(tmp)
         model = make_model(root / "served.gguf", args.size_mib << 20)
         size = model.stat().st_size
+        os.sync()
         server = ServerProcess(model)
         url = server.url
         contenders: dict[str, Callable[[Path], None]] = {
@@ -200,6 +201,7 @@ def main() -> None:
                 out.mkdir()
                 runs[name].append(measured(lambda run=run, out=out: run(out)))
                 shutil.rmtree(out)
+                os.sync()  # no contender pays for the previous one's writeback
         resume = resume_run(server, root / "resume", size)
         server.stop()
 

@@ -1,11 +1,13 @@
-"""Append received blocks to the partial file and hash them on a second thread.
+"""Hash received blocks as they arrive and append them to the partial file on a second thread.
 
-Receiving (socket reads), writing and SHA-256 all release the GIL, so handing
-full blocks to a writer thread lets hashing overlap the network instead of
-adding to it; that is what keeps the puller close to curl, which hashes nothing.
-Blocks come from a small fixed pool, so memory stays at pool × block size.
-1 MiB blocks stay in the CPU's L2 cache between the socket read, the write and
-the hash; 4 MiB blocks measured about twice the CPU per byte.
+Socket reads, SHA-256 and file writes all release the GIL. The caller's thread
+reads a block and hashes it while it is still in that core's cache; a writer
+thread copies it into the page cache meanwhile. Measured on loopback
+(docs/benchmarks.md), this split beat hashing on the writer thread (which then
+became the bottleneck) and a three-thread pipeline (more handoffs).
+Blocks come from a small fixed pool, so memory stays at pool × block size;
+1 MiB blocks stay in L2 between read, hash and write, where 4 MiB blocks
+measured about twice the CPU per byte.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class HashingWriter:
             self._free.put(block)
             raise
         if n:
+            self._digest.update(memoryview(block)[:n])  # while the block is still in this core's cache
             self._work.put((block, n))
         else:
             self._free.put(block)
@@ -94,7 +97,6 @@ class HashingWriter:
                 if self._error is None:
                     view = memoryview(block)[:n]
                     _write_all(self._fd, view)
-                    self._digest.update(view)
                     self.offset += n
                     self.received += n
             except OSError as err:
