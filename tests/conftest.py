@@ -4,6 +4,7 @@
 pytest_plugins: list[str] = [
     "support.llama_models",
     "support.model_server",
+    "support.netns",
     "support.controlplane",
     "support.http_faults",
     "support.fake_hub",

@@ -3,18 +3,17 @@
 Nothing runs pods there, so the test plays the EndpointSlice controller: it
 writes slices pointing at fake backends on this machine, labelled as the
 controller labels them (Service labels copied, plus kubernetes.io/service-name).
-The apiserver refuses loopback addresses in EndpointSlices, so the backends
-listen on this machine's own non-loopback address; traffic stays on the host.
+The apiserver refuses loopback IPs in EndpointSlices, so the backends run on a
+test host: a network namespace joined to this one by a veth pair
+(tests/support/netns.py), whose traffic never leaves the machine.
 """
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 import yaml
 from kubernetes.client import ApiextensionsV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api, RbacAuthorizationV1Api
@@ -27,15 +26,6 @@ CRD_PATH = ROOT / "crds" / "localmodel.dev_localmodels.yaml"
 RULES_PATH = ROOT / "charts" / "localmodel" / "files" / "router-rbac-rules.yaml"
 GROUP, VERSION, PLURAL = "localmodel.dev", "v1alpha1", "localmodels"
 ROUTER_SA = "localmodel-router"
-
-
-@pytest.fixture(scope="module")
-def host_address() -> str:
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family == socket.AF_INET and not address.address.startswith("127."):
-                return address.address
-    pytest.skip("this machine has no non-loopback IPv4 address for EndpointSlices to point at")
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +90,11 @@ def chat(router, model: str) -> httpx.Response:
     return httpx.post(f"{router.base_url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
 
 
-def test_routes_follow_localmodels_and_their_endpoints(control_plane, admin, namespace, host_address, fake_backend, router_process):
-    backend = fake_backend("tiny-chat", host=host_address)
+def test_routes_follow_localmodels_and_their_endpoints(control_plane, admin, namespace, test_host, fake_backend, router_process):
+    backend = fake_backend("tiny-chat", test_host.address, test_host.exec_prefix)
     create_model(admin, namespace, "tiny", servedName="tiny-chat", aliases=["llama3"])
     set_status(admin, namespace, "tiny", {"phase": "Ready"})
-    expose(admin, namespace, "tiny", host_address, backend.port)
+    expose(admin, namespace, "tiny", test_host.address, backend.port)
     create_model(admin, namespace, "big")
     set_status(admin, namespace, "big", {"phase": "Downloading", "download": {"bytesDone": 42, "bytesTotal": 100, "percent": 42}})
     bind_router_rules(admin, namespace)
@@ -123,12 +113,12 @@ def test_routes_follow_localmodels_and_their_endpoints(control_plane, admin, nam
     assert cards["tiny-chat"]["created"] > 0
 
     # Watch events move the table: the download finishes and big gets a ready endpoint...
-    expose(admin, namespace, "big", host_address, backend.port)
+    expose(admin, namespace, "big", test_host.address, backend.port)
     set_status(admin, namespace, "big", {"phase": "Ready"})
     assert wait_for(lambda: chat(router, "big").status_code == 200)
     # ...tiny's only endpoint stops being ready...
     DiscoveryV1Api(admin).patch_namespaced_endpoint_slice(
-        "lm-tiny-x1", namespace, {"endpoints": [{"addresses": [host_address], "conditions": {"ready": False}}]})
+        "lm-tiny-x1", namespace, {"endpoints": [{"addresses": [test_host.address], "conditions": {"ready": False}}]})
     assert wait_for(lambda: chat(router, "llama3").status_code == 503)
     assert "no ready endpoints" in chat(router, "llama3").json()["error"]["message"]
     # ...and a deleted LocalModel is unknown again.
@@ -149,16 +139,17 @@ def test_not_ready_until_localmodels_can_be_listed(control_plane, admin, namespa
 
 
 
-def test_all_namespaces_with_a_cluster_role(control_plane, admin, namespace, host_address, fake_backend, router_process):
+def test_all_namespaces_with_a_cluster_role(control_plane, admin, namespace, test_host, fake_backend, router_process):
     # A second namespace: the same served name claimed twice, the older LocalModel keeps it.
     other = f"{namespace[:50]}-b"
     CoreV1Api(admin).create_namespace({"metadata": {"name": other}})
     unique = f"shared-{namespace[-6:]}"  # other tests' LocalModels are visible too; this name is ours alone
-    first, second = fake_backend("first", host=host_address), fake_backend("second", host=host_address)
+    first = fake_backend("first", test_host.address, test_host.exec_prefix)
+    second = fake_backend("second", test_host.address, test_host.exec_prefix)
     create_model(admin, namespace, "m", servedName=unique)
-    expose(admin, namespace, "m", host_address, first.port)
+    expose(admin, namespace, "m", test_host.address, first.port)
     create_model(admin, other, "m", servedName=unique, aliases=[f"{unique}-b"])
-    expose(admin, other, "m", host_address, second.port)
+    expose(admin, other, "m", test_host.address, second.port)
 
     rules = yaml.safe_load(RULES_PATH.read_text())
     rbac = RbacAuthorizationV1Api(admin)

@@ -88,10 +88,13 @@ def _wait_until(check: Callable[[], int | None], proc: subprocess.Popen[bytes], 
     raise RuntimeError(f"{what} did not start in {timeout}s:\n{log.read_text(errors='replace')}")
 
 
-def start_fake_backend(name: str, log_dir: Path, host: str = "127.0.0.1") -> FakeBackendProcess:
+def start_fake_backend(name: str, log_dir: Path, host: str = "127.0.0.1",
+                       prefix: list[str] | None = None) -> FakeBackendProcess:
+    """`prefix` runs it elsewhere, e.g. `ip netns exec <ns>` on a test host."""
     log_path = log_dir / f"fake-{name}-{time.monotonic_ns()}.log"
     with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(FAKE_BACKEND), "--host", host, "--port", "0", "--name", name],
+        proc = subprocess.Popen([*(prefix or []), sys.executable, str(FAKE_BACKEND), "--host", host, "--port", "0",
+                                 "--name", name],
                                 stdout=out, stderr=subprocess.STDOUT)
 
     def port() -> int | None:
@@ -126,8 +129,8 @@ def fake_backend(tmp_path: Path) -> Iterator[Callable[..., FakeBackendProcess]]:
     """Start fake backends by name (on 127.0.0.1 unless a host is given); all are killed after the test."""
     started: list[FakeBackendProcess] = []
 
-    def start(name: str, host: str = "127.0.0.1") -> FakeBackendProcess:
-        backend = start_fake_backend(name, tmp_path, host)
+    def start(name: str, host: str = "127.0.0.1", prefix: list[str] | None = None) -> FakeBackendProcess:
+        backend = start_fake_backend(name, tmp_path, host, prefix)
         started.append(backend)
         return backend
 
