@@ -3,7 +3,8 @@
 Why not urllib3, httpx or aiohttp: measured on loopback (bench/puller_throughput.py
 --clients, docs/benchmarks.md), http.client's `readinto` fills our block
 straight from the socket, where urllib3 copies every block once more (0.43 vs
-0.55 CPU-s per GiB) and httpx and aiohttp spend 2-6x the CPU per byte. The body is the hot path of the puller; the rest is simple:
+0.55 CPU-s per GiB) and httpx and aiohttp spend 2-6x the CPU per byte. The
+body is the hot path of the puller; the rest is simple:
 - TLS verifies certificates and host names (ssl.create_default_context honours
   SSL_CERT_FILE / SSL_CERT_DIR for private CAs);
 - redirects are followed up to 5 times, and Authorization is dropped when one
