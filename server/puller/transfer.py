@@ -38,7 +38,7 @@ ProgressCallback = Callable[[int, int | None], None]
 @dataclass(frozen=True)
 class HttpRequest:
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry a token
 
 
 @dataclass(frozen=True)
