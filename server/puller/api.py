@@ -11,7 +11,7 @@ from .progress import NullSink, ProgressSink
 from .remote import RemoteFile
 from .result import PullResult
 from .source import ModelSource, PvcSource
-from .store import Marker, ModelDir, PartialDownload, sha256_of_prefix
+from .store import Marker, ModelDir, PartialDownload, sha256_of_prefix, storage_error
 from .transfer import RetryPolicy, fetch
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,20 @@ def pull(
         if source.pvc is not None:
             result = _check_in_place(source.pvc, source.sha256, dest, sink)
         else:
-            store = ModelDir(dest)
-            with store.locked():
-                result = _download(source, store, sink, policy or RetryPolicy())
+            result = _download_locked(source, ModelDir(dest), sink, policy or RetryPolicy())
     except PullError as err:
         sink.failed(err)
         raise
     sink.succeeded(result)
     return result
+
+
+def _download_locked(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: RetryPolicy) -> PullResult:
+    try:
+        with store.locked():
+            return _download(source, store, sink, policy)
+    except OSError as err:
+        raise storage_error(err, store.dest) or err from None
 
 
 def _download(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: RetryPolicy) -> PullResult:

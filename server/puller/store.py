@@ -83,9 +83,14 @@ def sha256_of_prefix(path: Path, length: int) -> hashlib._Hash:
 
 
 def storage_error(err: OSError, dest: Path) -> PullError | None:
-    """A full disk or quota is a reason of its own; other OS errors are not ours to rename."""
+    """Volume problems get the storage reason, with the real cause in the message; others are not ours."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return PullError(Reason.INSUFFICIENT_STORAGE, f"the volume at {dest} is full: {err.strerror}")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PullError(
+            Reason.INSUFFICIENT_STORAGE,
+            f"cannot write to {dest}: {err.strerror} (check the volume's access mode and the pod's fsGroup)",
+        )
     return None
 
 

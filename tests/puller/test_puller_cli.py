@@ -134,3 +134,17 @@ def test_report_to_patches_the_localmodel_status(
         "contextLength": 32768,
         "sizeBytes": model.stat().st_size,
     }
+
+
+def test_an_unwritable_volume_is_reported_not_crashed(http_faults: FaultyHTTPServer, tmp_path: Path) -> None:
+    http_faults.add_file("/m.gguf", write_gguf(tmp_path / "served.gguf"))
+    if os.geteuid() == 0:  # root ignores directory permissions; sysfs refuses new directories even to root
+        volume = Path("/sys/localmodel-test-volume")
+    else:
+        volume = tmp_path / "volume"
+        volume.mkdir(mode=0o555)
+    log = tmp_path / "termination-log"
+    proc = run_pull("--source", json.dumps({"url": f"{http_faults.base_url}/m.gguf"}), "--dest", str(volume),
+                    "--termination-log", str(log))  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert json.loads(log.read_text())["reason"] == "InsufficientStorage"

@@ -42,11 +42,13 @@ def test_marker_must_match_source_and_file_size(tmp_path: Path) -> None:
     assert store.current(KEY["source"]) is None
 
 
-def test_a_full_volume_is_insufficient_storage(tmp_path: Path) -> None:
+def test_a_full_or_unwritable_volume_is_insufficient_storage(tmp_path: Path) -> None:
     for code in (errno.ENOSPC, errno.EDQUOT):
         error = storage_error(OSError(code, "No space left on device"), tmp_path)
         assert error is not None and error.reason is Reason.INSUFFICIENT_STORAGE
-    assert storage_error(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
+    unwritable = storage_error(OSError(errno.EROFS, "Read-only file system"), tmp_path)
+    assert unwritable is not None and "Read-only file system" in unwritable.message
+    assert storage_error(OSError(errno.EIO, "Input/output error"), tmp_path) is None
 
 
 def test_request_repr_never_shows_the_token() -> None:
