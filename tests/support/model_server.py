@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
 import pytest
+
+from .processes import Process
 
 
 def free_port() -> int:
@@ -23,16 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen
-    port: int
-    log_path: Path
-    args: list[str] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class ServerProcess(Process):
+    """A localmodel-server process."""
 
     def metric(self, name: str) -> float:
         """Current value of an unlabelled Prometheus sample."""
@@ -41,19 +34,6 @@ class ServerProcess:
             if line.startswith(name + " "):
                 return float(line.split()[1])
         raise KeyError(name)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
 
 
 def start_server(model: Path, log_dir: Path, *extra: str, ready_timeout: float = 60) -> ServerProcess:
@@ -65,7 +45,7 @@ def start_server(model: Path, log_dir: Path, *extra: str, ready_timeout: float =
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = ServerProcess(proc, port, log_path, args)
+    server = ServerProcess(proc, port, log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -14,40 +14,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from .processes import Process
+
 FAKE_BACKEND = Path(__file__).with_name("fake_backend.py")
 _SERVING = re.compile(rb"serving on http://[^:]+:(\d+)")
-
-
-@dataclass
-class Process:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    host: str = "127.0.0.1"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
 
 
 class FakeBackendProcess(Process):
