@@ -53,7 +53,7 @@ def _download(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: 
     if (marker := store.current(identity)) is not None:
         log.info("%s is already in %s (marker matches); nothing to do", source.describe(), store.dest)
         gguf = read_gguf_info(store.model_path)
-        return PullResult(str(store.model_path), marker.size_bytes, marker.sha256, gguf, 0, skipped=True)
+        return PullResult(str(store.model_path), marker.size_bytes, marker.sha256, gguf, 0, "present")
 
     remote = _resolve(source)
     expected = _expected_sha256(source.sha256, remote.sha256)
@@ -71,7 +71,7 @@ def _download(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: 
         raise
     store.install(partial, Marker(identity, fetched.size, fetched.sha256, gguf.to_status()))
     log.info("installed %s (%d bytes, sha256 %s)", store.model_path, fetched.size, fetched.sha256)
-    return PullResult(str(store.model_path), fetched.size, fetched.sha256, gguf, fetched.received, skipped=False)
+    return PullResult(str(store.model_path), fetched.size, fetched.sha256, gguf, fetched.received, "downloaded")
 
 
 def _resolve(source: ModelSource) -> RemoteFile:
@@ -123,4 +123,4 @@ def _check_in_place(spec: PvcSource, expected: str | None, dest: Path, sink: Pro
         if digest != expected:
             raise PullError(Reason.CHECKSUM_MISMATCH, f"sha256 of {spec.path} is {digest}, expected {expected}")
     sink.progress(size, size)
-    return PullResult(str(path), size, digest, read_gguf_info(path), 0, skipped=True)
+    return PullResult(str(path), size, digest, read_gguf_info(path), 0, "in-place")

@@ -55,8 +55,10 @@ def failure_status(error: PullError, done: int, total: int | None) -> dict[str, 
 
 
 def _success_message(result: PullResult) -> str:
-    if result.skipped:
+    if result.outcome == "present":
         return "weights already present and verified by an earlier pull"
+    if result.outcome == "in-place":
+        return "file on the claim used in place" + ("; sha256 verified" if result.sha256 else "")
     return f"downloaded {human_bytes(result.bytes_fetched)}; size and sha256 verified"
 
 

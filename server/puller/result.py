@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .gguf_info import GGUFInfo
+
+# downloaded: bytes fetched now; present: the marker vouched for model.gguf; in-place: a pvc file checked
+Outcome = Literal["downloaded", "present", "in-place"]
 
 
 @dataclass(frozen=True)
@@ -14,4 +18,9 @@ class PullResult:
     sha256: str | None  # None only for a pvc source given without sha256 (nothing to verify against)
     gguf: GGUFInfo
     bytes_fetched: int  # network bytes this run wrote (0 when the marker was honoured)
-    skipped: bool  # the marker already described this source
+    outcome: Outcome
+
+    @property
+    def skipped(self) -> bool:
+        """Nothing crossed the network."""
+        return self.outcome != "downloaded"

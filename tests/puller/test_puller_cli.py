@@ -105,6 +105,7 @@ def test_a_pvc_source_is_checked_in_place(tmp_path: Path) -> None:
     ok = run_pull("--source", json.dumps({"pvc": {"claimName": "c", "path": "llama/m.gguf"}, "sha256": digest}),
                   "--dest", str(volume))  # fmt: skip
     assert ok.returncode == 0 and json.loads(ok.stdout)["path"] == str(model)
+    assert "file on the claim used in place; sha256 verified" in ok.stderr
     assert sorted(p.name for p in volume.iterdir()) == ["llama"]  # nothing written to the user's volume
     (volume / "escape.gguf").symlink_to(tmp_path / "outside.gguf")
     escaped = run_pull("--source", json.dumps({"pvc": {"claimName": "c", "path": "escape.gguf"}}), "--dest", str(volume))

@@ -24,7 +24,7 @@ def test_a_terminal_gets_one_line_redrawn_in_place(tmp_path: Path) -> None:
     bar.progress(1 << 20, 4 << 20)
     path = write_gguf(tmp_path / "m.gguf")
     size = path.stat().st_size
-    bar.succeeded(PullResult(str(path), size, "ab" * 32, read_gguf_info(path), size, skipped=False))
+    bar.succeeded(PullResult(str(path), size, "ab" * 32, read_gguf_info(path), size, "downloaded"))
     text = stream.getvalue()
     assert text.count("\n") == 1 and text.count("\r") == 3  # two redraws, then the final line replaces the bar
     assert "[#######.......................]  25%  1.0 MiB / 4.0 MiB" in text

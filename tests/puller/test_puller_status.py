@@ -27,7 +27,7 @@ def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyp
 
 def result_for(tmp_path: Path) -> PullResult:
     path = write_gguf(tmp_path / "model.gguf")
-    return PullResult(str(path), path.stat().st_size, "ab" * 32, read_gguf_info(path), path.stat().st_size, False)
+    return PullResult(str(path), path.stat().st_size, "ab" * 32, read_gguf_info(path), path.stat().st_size, "downloaded")
 
 
 def test_percent_is_floored_and_unknown_without_a_total() -> None:
