@@ -76,6 +76,7 @@ def _sinks(report_to: str | None, parser: argparse.ArgumentParser) -> ProgressSi
 def _success(result: PullResult) -> dict[str, Any]:
     return {
         "result": "Succeeded",
+        "outcome": result.outcome,
         "path": result.path,
         "sizeBytes": result.size_bytes,
         "sha256": result.sha256,

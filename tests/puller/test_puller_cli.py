@@ -67,6 +67,7 @@ def test_success_writes_the_outcome_and_a_rerun_is_a_no_op(http_faults: FaultyHT
     requests = len(served.requests)
     again = run_pull(*args)
     assert again.returncode == 0 and json.loads(again.stdout)["bytesFetched"] == 0
+    assert json.loads(again.stdout)["outcome"] == "present"
     assert len(served.requests) == requests
 
 
