@@ -195,8 +195,11 @@ def main() -> None:
             for name, loop in client_loops(url, root / "out" / "client.out").items():
                 contenders[f"raw loop: {name}"] = lambda d, loop=loop: loop()
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-        for _ in range(args.rounds):
-            for name, run in contenders.items():
+        names = list(contenders)
+        for round_ in range(args.rounds):
+            # Rotate the order: the kernel charges a writer differently depending on what ran before it.
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                run = contenders[name]
                 out = root / "out"
                 out.mkdir()
                 runs[name].append(measured(lambda run=run, out=out: run(out)))
