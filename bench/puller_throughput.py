@@ -3,9 +3,10 @@
     .venv/bin/python bench/puller_throughput.py [--size-mib 1024] [--rounds 3] [--clients]
 
 A GGUF file of --size-mib (random bytes in one I8 tensor, so nothing compresses)
-is served from a temp dir by tests/support/http_faults.py with os.sendfile.
-Each round downloads it with `curl -o` and with `pull()` into the same
-filesystem; the table gives median MiB/s and the ratio (goal >= 0.9). The
+is served from a temp dir by tests/support/http_faults.py with os.sendfile, in
+a process of its own. Each round downloads it with `curl -o` and with `pull()`
+into the same filesystem, in rotating order with a sync between runs; the table
+gives median MiB/s, the ratio (goal >= 0.9) and the client's CPU-s per GiB. The
 puller's number includes what curl does not do: SHA-256 of every byte, the
 GGUF header check, fsync and the atomic rename.
 
@@ -13,7 +14,7 @@ The "curl, then openssl dgst" row is the baseline doing the same integrity work.
 The resume row runs `localmodel-pull` as a subprocess, SIGKILLs it once half
 the file is on disk, restarts it, and counts the bytes the server sent.
 `--clients` adds raw streaming loops of the candidate HTTP clients (the
-measurement behind the choice of urllib3).
+measurement behind the choice of http.client).
 """
 
 from __future__ import annotations
