@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
+from support.seed import SEED_REQUEST as CHAT_REQUEST
+
 from localmodel_server import testmodels
 from tests.helm.chart import CHART, run_helm
 
@@ -43,13 +45,6 @@ pytestmark = [
 GROUP, VERSION, PLURAL = "localmodel.dev", "v1alpha1", "localmodels"
 RELEASE = "localmodel"
 READY_TIMEOUT_S = 900
-# The seed's chat request, as a user would send it.
-CHAT_REQUEST = {"model": "llama3", "messages": [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the capital of France?"},
-]}
-
-
 def image(variable: str, default: str) -> tuple[str, str]:
     repository, _, tag = os.environ.get(variable, default).rpartition(":")
     return repository, tag

@@ -18,17 +18,9 @@ import pytest
 import yaml
 
 from support.model_server import free_port, wait_for
+from support.seed import SEED_REQUEST as SEED
 
 pytestmark = pytest.mark.llama
-
-SEED = {
-    "model": "llama3",
-    "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"},
-    ],
-}
-
 
 def manifest(name: str, source: dict, **spec: object) -> str:
     return yaml.safe_dump({"apiVersion": "localmodel.dev/v1alpha1", "kind": "LocalModel",

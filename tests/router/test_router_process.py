@@ -13,10 +13,7 @@ import openai
 import pytest
 
 from support.model_server import wait_for
-
-SEED = {"model": "llama3", "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                                        {"role": "user", "content": "What is the capital of France?"}]}
-
+from support.seed import SEED_REQUEST as SEED
 
 def write_routes(path: Path, models: list[dict]) -> None:
     # Written beside and renamed over, as single-machine mode does, so the router never reads half a file.

@@ -10,15 +10,9 @@ import numpy as np
 import openai
 import pytest
 
-pytestmark = pytest.mark.llama
+from support.seed import SEED_REQUEST
 
-SEED_REQUEST = {
-    "model": "llama3",
-    "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"},
-    ],
-}
+pytestmark = pytest.mark.llama
 
 
 @pytest.fixture(scope="module")
