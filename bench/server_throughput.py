@@ -34,6 +34,19 @@ from support.model_server import free_port  # noqa: E402
 
 from localmodel_server import testmodels  # noqa: E402
 
+# llama.cpp's repacked CPU kernels (AMX here) crash decoding prompt batches on this
+# hardware; localmodel-server leaves them off by default. The baselines cannot turn
+# them off themselves, so they run with the same kernels through this switch.
+NO_REPACK = (
+    "import llama_cpp.llama_cpp as lib\n"
+    "_defaults = lib.llama_model_default_params\n"
+    "def _no_repack():\n"
+    "    params = _defaults()\n"
+    "    params.use_extra_bufts = False\n"
+    "    return params\n"
+    "lib.llama_model_default_params = _no_repack\n"
+)
+
 PROMPTS = [f"Request {i}: write a long story about a lighthouse keeper and the sea." for i in range(8)]
 
 
@@ -54,6 +67,7 @@ def bench_model() -> Path:
 
 
 def direct_decode_rate(model: Path, tokens: int, threads: int) -> float:
+    exec(NO_REPACK, {})
     import llama_cpp
 
     llm = llama_cpp.Llama(str(model), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -157,7 +171,8 @@ def main() -> None:
     ], port, levels, args.tokens)
     port = free_port()
     theirs = run_server("llama_cpp.server", [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "bench",
+        sys.executable, "-c", NO_REPACK + "from llama_cpp.server.__main__ import main\nmain()",
+        "--model", str(model), "--model_alias", "bench",
         "--host", "127.0.0.1", "--port", str(port), "--n_threads", t, "--n_threads_batch", t,
         "--n_ctx", "1024", "--interrupt_requests", "false",
     ], port, levels, args.tokens)
