@@ -20,7 +20,7 @@ import collections
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import llama_cpp
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..protocol import errors
 from ..protocol.models import ModelCard, ModelList
 from ..runtime import ModelRuntime, State
 
