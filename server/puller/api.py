@@ -1,4 +1,5 @@
-"""`pull(source, dest, sink)`: the puller as a function (the Job's CLI and `localmodel up` call it)."""
+"""`pull(source, dest, sink)`: the puller as a function (the Job's CLI and `localmodel up` call it);
+`probe(source, sink)`: the size a pull would download, without downloading it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .remote import RemoteFile
 from .result import PullResult
 from .source import ModelSource, PvcSource
 from .store import Marker, ModelDir, PartialDownload, sha256_of_prefix, storage_error
-from .transfer import RetryPolicy, fetch
+from .transfer import RetryPolicy, fetch, remote_size
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,26 @@ def pull(
         raise
     sink.succeeded(result)
     return result
+
+
+def probe(source: ModelSource, sink: ProgressSink | None = None, policy: RetryPolicy | None = None) -> int | None:
+    """The byte size of `source`, or None when the remote announces none; nothing is written.
+
+    The source is resolved exactly as `pull` resolves it (same credentials, same failure
+    reasons); a URL, which resolves without a request, is asked with a one-byte ranged GET.
+    """
+    if source.pvc is not None:
+        raise ValueError("a pvc source is used in place: there is nothing to probe")
+    sink = sink or NullSink()
+    try:
+        remote = _resolve(source)
+        _expected_sha256(source.sha256, remote.sha256)
+        size = remote.size if remote.size is not None else remote_size(remote.request, policy or RetryPolicy())
+    except PullError as err:
+        sink.failed(err)
+        raise
+    sink.probed(size)
+    return size
 
 
 def _download_locked(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: RetryPolicy) -> PullResult:

@@ -1,6 +1,10 @@
 """`localmodel-pull`: the pull Job's entry point (docs/architecture.md, "Puller").
 
-Exit 0 with the weights in place, 1 with a reason (also written as JSON to
+With --probe instead of --dest it only reports the source's size
+(status.download.bytesTotal and {"result": "Probed", "bytesTotal": N}): the
+operator sizes the weights claim from it.
+
+Exit 0 with the weights in place (or the size reported), 1 with a reason (also written as JSON to
 --termination-log, where Kubernetes turns it into the container's termination
 message), 2 for a malformed command line. Expected failures print one line,
 never a traceback; credentials only ever come from the environment.
@@ -17,7 +21,7 @@ from typing import Any
 
 from .errors import PullError
 from .progress import FanOut, ProgressSink, TerminalProgress
-from .api import pull
+from .api import probe, pull
 from .result import PullResult
 from .source import SourceError, parse_source
 
@@ -29,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="localmodel-pull", description="Download GGUF weights for a LocalModel into a volume, verified."
     )
     parser.add_argument("--source", required=True, help="the LocalModel's spec.source as JSON")
-    parser.add_argument("--dest", required=True, type=Path, help="directory that receives model.gguf")
+    parser.add_argument("--dest", type=Path, help="directory that receives model.gguf")
+    parser.add_argument(
+        "--probe", action="store_true", help="instead of pulling, report the source's size (no --dest)"
+    )
     parser.add_argument("--report-to", metavar="NAMESPACE/NAME", help="LocalModel whose status shows the progress")
     parser.add_argument("--termination-log", type=Path, help="file that receives the outcome as JSON")
     return parser
@@ -43,15 +50,22 @@ def main(argv: list[str] | None = None) -> int:
         source = parse_source(args.source)
     except SourceError as err:
         parser.error(str(err))
+    if args.probe == (args.dest is not None):
+        parser.error("give exactly one of --dest and --probe")
+    if args.probe and source.pvc is not None:
+        parser.error("a pvc source is used in place: there is nothing to probe")
     sink = _sinks(args.report_to, parser)
     try:
-        result = pull(source, args.dest, sink)
+        if args.probe:
+            outcome = {"result": "Probed", "bytesTotal": probe(source, sink)}
+        else:
+            outcome = _success(pull(source, args.dest, sink))
     except PullError as err:
-        log.error("pull failed: %s", err)
+        log.error("%s failed: %s", "probe" if args.probe else "pull", err)
         _write_outcome(args.termination_log, {"result": "Failed", "reason": str(err.reason), "message": err.message})
         return 1
-    _write_outcome(args.termination_log, _success(result))
-    print(json.dumps(_success(result), sort_keys=True))
+    _write_outcome(args.termination_log, outcome)
+    print(json.dumps(outcome, sort_keys=True))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Report pull progress into the LocalModel's status subresource.
 
 The puller owns exactly `status.download` and `status.gguf` (merge patches of
-the status subresource, so the operator's fields are untouched). A background
+the status subresource, so the operator's fields are untouched). A probe
+(`--probe`) reports only `download.bytesTotal`, with no result. A background
 thread sends the latest progress every `interval` seconds, so the status moves
 even while a block is slow; the final patch is sent synchronously. A failed
 progress patch is logged and skipped: reporting must never fail a download.
@@ -19,7 +20,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from .errors import PullError
-from .progress import download_status, failure_status, success_status
+from .progress import download_status, failure_status, probe_status, success_status
 from .result import PullResult
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class KubernetesStatusReporter:
 
     def succeeded(self, result: PullResult) -> None:
         self._finish(success_status(result))
+
+    def probed(self, total: int | None) -> None:
+        self._finish(probe_status(total))
 
     def failed(self, error: PullError) -> None:
         with self._lock:

@@ -18,6 +18,8 @@ class ProgressSink(Protocol):
 
     def succeeded(self, result: PullResult) -> None: ...
 
+    def probed(self, total: int | None) -> None: ...
+
     def failed(self, error: PullError) -> None: ...
 
 
@@ -46,6 +48,11 @@ def success_status(result: PullResult) -> dict[str, Any]:
     download = download_status(result.size_bytes, result.size_bytes)
     download.update(sha256=result.sha256, result="Succeeded", message=_success_message(result))
     return {"download": download, "gguf": result.gguf.to_status()}
+
+
+def probe_status(total: int | None) -> dict[str, Any]:
+    """What a probe reports: the size only; no result, so nobody mistakes it for a finished pull."""
+    return {"download": download_status(0, total)}
 
 
 def failure_status(error: PullError, done: int, total: int | None) -> dict[str, Any]:
@@ -77,6 +84,9 @@ class NullSink:
     def succeeded(self, result: PullResult) -> None:
         pass
 
+    def probed(self, total: int | None) -> None:
+        pass
+
     def failed(self, error: PullError) -> None:
         pass
 
@@ -94,6 +104,10 @@ class FanOut:
     def succeeded(self, result: PullResult) -> None:
         for sink in self._sinks:
             sink.succeeded(result)
+
+    def probed(self, total: int | None) -> None:
+        for sink in self._sinks:
+            sink.probed(total)
 
     def failed(self, error: PullError) -> None:
         for sink in self._sinks:
@@ -127,6 +141,9 @@ class TerminalProgress:
 
     def succeeded(self, result: PullResult) -> None:
         self._end(f"{result.path}: {result.gguf.architecture} {result.gguf.quantization}, {_success_message(result)}")
+
+    def probed(self, total: int | None) -> None:
+        self._end(f"the source holds {human_bytes(total)}" if total is not None else "the source announces no size")
 
     def failed(self, error: PullError) -> None:
         self._end(f"pull failed: {error}")

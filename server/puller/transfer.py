@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from .errors import PullError, Reason
 from .source import redact_url
@@ -97,6 +98,41 @@ def fetch(
         writer.close()
 
 
+def remote_size(request_for_attempt: Callable[[], HttpRequest], policy: RetryPolicy) -> int | None:
+    """The file's size from a one-byte ranged GET, the body left unread; retried like a fetch.
+
+    None when the server announces no length. Failures carry the same reasons as a download.
+    """
+    failures = 0
+    while True:
+        request = request_for_attempt()
+        try:
+            return _size_attempt(request, policy)
+        except _Retry as err:
+            failures += 1
+            if failures >= policy.attempts:
+                raise PullError(
+                    Reason.NETWORK_ERROR, f"{redact_url(request.url)}: {err} (gave up after {failures} attempts)"
+                ) from None
+            time.sleep(policy.backoff(failures))
+
+
+def _size_attempt(request: HttpRequest, policy: RetryPolicy) -> int | None:
+    try:
+        response = open_get(request.url, {**request.headers, "Range": "bytes=0-0"}, policy.connect_timeout,
+                            policy.stall_timeout)
+    except TransportError as err:
+        if not err.retryable:
+            raise PullError(Reason.NETWORK_ERROR, f"{redact_url(request.url)}: {err}") from None
+        raise _Retry(str(err)) from None
+    try:
+        if response.status in (200, 206):
+            return _total_size(response)
+        _raise_for_status(response.status, request.url)
+    finally:
+        response.close()
+
+
 def _attempt(
     request: HttpRequest,
     partial: PartialDownload,
@@ -157,6 +193,11 @@ def _accept(
             return offset  # the range starts at the end: every byte is already here
         _restart(partial, writer, None)
         raise _Retry("the saved partial download does not fit the remote file; starting over")
+    _raise_for_status(status, url)
+
+
+def _raise_for_status(status: int, url: str) -> NoReturn:
+    """An answer that carries no file: retryable, or a PullError with its reason."""
     if status in (401, 403):
         raise PullError(Reason.UNAUTHORIZED, f"{redact_url(url)}: HTTP {status}; check the credentials in secretRef")
     if status in _RETRYABLE_STATUS:

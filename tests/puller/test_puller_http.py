@@ -201,6 +201,9 @@ class CrashAt:
     def succeeded(self, result: PullResult) -> None:
         pass
 
+    def probed(self, total: int | None) -> None:
+        pass
+
     def failed(self, error: PullError) -> None:
         pass
 

@@ -60,6 +60,9 @@ class CrashAtAQuarter:
     def succeeded(self, result: PullResult) -> None:
         pass
 
+    def probed(self, total: int | None) -> None:
+        pass
+
     def failed(self, error: PullError) -> None:
         pass
 
