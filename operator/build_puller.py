@@ -1,4 +1,4 @@
-"""The pull Job and its minimal RBAC, as pure functions of the LocalModel."""
+"""The pull Job, the size probe Job and their minimal RBAC, as pure functions of the LocalModel."""
 
 from __future__ import annotations
 
@@ -64,24 +64,48 @@ def puller_args(model: LocalModel) -> list[str]:
     ]
 
 
+def probe_args(model: LocalModel) -> list[str]:
+    """Only the size: reported into status.download.bytesTotal, nothing downloaded."""
+    return [
+        "--probe",
+        "--source", model.spec.source.canonical_json(),
+        "--report-to", f"{model.namespace}/{model.name}",
+        "--termination-log", TERMINATION_LOG,
+    ]
+
+
 def job(model: LocalModel, settings: OperatorSettings) -> dict[str, Any]:
     """Pulls (or, for a pvc source, verifies) spec.source; named after its digest so a new source is a new Job."""
-    source = model.spec.source
-    user_claim = source.claim_name
+    user_claim = model.spec.source.claim_name
     read_only = user_claim is not None  # never write into a claim the user owns
+    # huggingface_hub's cache goes to the claim, not to the node's disk.
+    hf_home = {"name": "HF_HOME", "value": f"{meta.MODELS_DIR}/.cache/huggingface"}
+    return _job(model, settings, meta.job_name(model.name, model.spec.source.digest), puller_args(model), [hf_home],
+                volume_mounts(read_only=read_only), volumes(user_claim or meta.pvc_name(model.name), read_only=read_only))
+
+
+def probe_job(model: LocalModel, settings: OperatorSettings) -> dict[str, Any]:
+    """Measures spec.source before the claim exists, so the claim can be sized from it: no volume at all."""
+    return _job(model, settings, meta.probe_job_name(model.name, model.spec.source.digest), probe_args(model), [], [], [])
+
+
+def _job(
+    model: LocalModel, settings: OperatorSettings, name: str, args: list[str], env: list[dict[str, Any]],
+    mounts: list[dict[str, Any]], pod_volumes: list[dict[str, Any]],
+) -> dict[str, Any]:
+    source = model.spec.source
     container: dict[str, Any] = {
         "name": "pull",
         "image": settings.effective_puller_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["localmodel-pull"],
-        "args": puller_args(model),
-        # huggingface_hub's cache goes to the claim, not to the node's disk.
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": f"{meta.MODELS_DIR}/.cache/huggingface"}],
+        "args": args,
+        "env": [{"name": "HOME", "value": "/tmp"}, *env],
         "resources": PULLER_RESOURCES,
         "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": volume_mounts(read_only=read_only),
+        "volumeMounts": mounts,
     }
     if source.secret_name:
         container["envFrom"] = [{"secretRef": {"name": source.secret_name}}]
@@ -89,8 +113,7 @@ def job(model: LocalModel, settings: OperatorSettings) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {**_metadata(model, meta.job_name(model.name, source.digest)),
-                     "annotations": {meta.WEIGHTS_ANNOTATION: source.digest}},
+        "metadata": {**_metadata(model, name), "annotations": {meta.WEIGHTS_ANNOTATION: source.digest}},
         "spec": {
             "backoffLimit": settings.pull_backoff_limit,
             "ttlSecondsAfterFinished": settings.pull_ttl_s,
@@ -109,7 +132,7 @@ def job(model: LocalModel, settings: OperatorSettings) -> dict[str, Any]:
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
                     "containers": [container],
-                    "volumes": volumes(user_claim or meta.pvc_name(model.name), read_only=read_only),
+                    "volumes": pod_volumes,
                 },
             },
         },

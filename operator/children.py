@@ -17,6 +17,7 @@ from localmodel_operator.status import needs_pull
 class Children:
     applied: tuple[dict[str, Any], ...]  # server-side applied on every reconcile, in this order
     job: dict[str, Any] | None  # created when missing, never patched: a Job's template is immutable
+    sizing: bool = False  # `job` is the size probe: the claim and the pull wait for its answer
 
 
 def current_weights(model: LocalModel, job: JobState | None) -> Weights | None:
@@ -28,8 +29,13 @@ def current_weights(model: LocalModel, job: JobState | None) -> Weights | None:
     return model.weights
 
 
-def desired_children(model: LocalModel, weights: Weights | None, settings: OperatorSettings) -> Children:
-    claim = build_storage.weights_claim(model, settings)
+def desired_children(
+    model: LocalModel, weights: Weights | None, settings: OperatorSettings, claim_size: str | None = None
+) -> Children:
+    """`claim_size` from build_storage.claim_size; None (not yet known) makes the size probe the Job."""
+    source = model.spec.source
+    sizing = source.claim_name is None and claim_size is None
+    claim = build_storage.weights_claim(model, settings, claim_size) if claim_size is not None else None
     applied = [
         *([claim] if claim else []),
         build_puller.service_account(model),
@@ -41,11 +47,14 @@ def desired_children(model: LocalModel, weights: Weights | None, settings: Opera
     # pulled it keeps loading the previous ones.
     if weights is not None:
         applied.append(build_server.deployment(model, weights, settings))
-    job = build_puller.job(model, settings) if needs_pull(model, weights) else None
-    return Children(applied=tuple(applied), job=job)
+    job = None
+    if needs_pull(model, weights):
+        job = build_puller.probe_job(model, settings) if sizing else build_puller.job(model, settings)
+    return Children(applied=tuple(applied), job=job, sizing=sizing and job is not None)
 
 
 def stale_jobs(model: LocalModel, job_names: Iterable[str]) -> list[str]:
-    """Pull Jobs for sources that are no longer wanted (the spec moved on)."""
-    current = meta.job_name(model.name, model.spec.source.digest)
-    return sorted(name for name in job_names if name != current)
+    """Pull and size Jobs for sources that are no longer wanted (the spec moved on)."""
+    digest = model.spec.source.digest
+    current = {meta.job_name(model.name, digest), meta.probe_job_name(model.name, digest)}
+    return sorted(name for name in job_names if name not in current)

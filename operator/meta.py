@@ -28,6 +28,11 @@ def job_name(model: str, digest: str) -> str:
     return f"lm-{model}-pull-{digest}"
 
 
+def probe_job_name(model: str, digest: str) -> str:
+    """The Job that measures the source (localmodel-pull --probe) to size the claim; same length as the pull Job's."""
+    return f"lm-{model}-size-{digest}"
+
+
 def deployment_name(model: str) -> str:
     return f"lm-{model}"
 

@@ -1,4 +1,4 @@
-"""What the children report: pure parsers of Job and Deployment objects as the apiserver returns them."""
+"""What the children report: pure parsers of Job, Deployment and claim objects as the apiserver returns them."""
 
 from __future__ import annotations
 
@@ -78,3 +78,9 @@ def deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:
         stuck_reason=progressing.get("reason") if stuck and progressing else None,
         stuck_message=progressing.get("message") if stuck and progressing else None,
     )
+
+
+def requested_storage(claim: Mapping[str, Any]) -> str | None:
+    """spec.resources.requests.storage of a PersistentVolumeClaim."""
+    requests = ((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+    return requests.get("storage")

@@ -8,18 +8,20 @@ converges again. Decisions come from the pure modules; I/O goes through `Kube`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from typing import Any
 
 from localmodel_operator import meta
+from localmodel_operator.build_storage import claim_size
 from localmodel_operator.children import current_weights, desired_children, stale_jobs
 from localmodel_operator.kube import Kube, KubeError
-from localmodel_operator.observed import deployment_state, job_state
+from localmodel_operator.observed import JobPhase, deployment_state, job_state, requested_storage
 from localmodel_operator.settings import OperatorSettings
 from localmodel_operator.spec import LocalModel
 from localmodel_operator.status import (
-    Event, Observed, condition_events, derive_status, progress, status_patch,
+    Event, Observed, condition_events, derive_status, human_bytes, progress, status_patch,
 )
 
 
@@ -44,13 +46,23 @@ async def reconcile(kube: Kube, settings: OperatorSettings, body: Mapping[str, A
     source = model.spec.source
     listed = await kube.list("batch/v1", "Job", model.namespace, meta.labels(model.name, meta.PULLER_COMPONENT))
     # A Job on its way out does not count; its deletion event brings us back to create a new one.
-    jobs = [job for job in listed if not job["metadata"].get("deletionTimestamp")]
-    current_job = next((job for job in jobs if job["metadata"]["name"] == meta.job_name(model.name, source.digest)), None)
+    jobs = {job["metadata"]["name"]: job for job in listed if not job["metadata"].get("deletionTimestamp")}
+    current_job = jobs.get(meta.job_name(model.name, source.digest))
+    probe_job = jobs.get(meta.probe_job_name(model.name, source.digest))
     job = job_state(current_job) if current_job else None
+    probe = job_state(probe_job) if probe_job else None
     weights = current_weights(model, job)
-    children = desired_children(model, weights, settings)
+    claimed = await _claimed_size(kube, model)
+    if claimed is None and probe is not None and probe.phase == JobPhase.SUCCEEDED:
+        model = await _with_fresh_download(kube, model)
+    size = claim_size(model, claimed, probe, settings)
+    children = desired_children(model, weights, settings, size)
 
     events: list[Event] = []
+    if probe is not None and size is not None and claimed is None and not model.spec.storage.size:
+        total = model.download.bytes_total
+        measured = f"the source holds {human_bytes(total)}" if total else "the source announced no size"
+        events.append(Event("Normal", "ClaimSized", f"{meta.pvc_name(model.name)} requests {size}: {measured}"))
     apply_error = None
     deployment = None
     try:
@@ -58,12 +70,17 @@ async def reconcile(kube: Kube, settings: OperatorSettings, body: Mapping[str, A
             applied = await kube.apply(child)
             if child["kind"] == "Deployment":
                 deployment = deployment_state(applied)
-        if children.job is not None and current_job is None:
+        if children.job is not None and children.job["metadata"]["name"] not in jobs:
             created = await kube.create(children.job)
             if created is not None:
-                job = job_state(created)
-                events.append(Event("Normal", "PullStarted", f"Job {created['metadata']['name']} pulls {source.summary()}"))
-        for name in stale_jobs(model, (j["metadata"]["name"] for j in jobs)):
+                name = created["metadata"]["name"]
+                if children.sizing:
+                    probe = job_state(created)
+                    events.append(Event("Normal", "SizeProbeStarted", f"Job {name} measures {source.summary()}"))
+                else:
+                    job = job_state(created)
+                    events.append(Event("Normal", "PullStarted", f"Job {name} pulls {source.summary()}"))
+        for name in stale_jobs(model, jobs):
             await kube.delete("batch/v1", "Job", model.namespace, name)
             events.append(Event("Normal", "PullSuperseded", f"deleted Job {name}: spec.source changed"))
     except KubeError as exc:
@@ -71,7 +88,8 @@ async def reconcile(kube: Kube, settings: OperatorSettings, body: Mapping[str, A
             raise
         apply_error = exc.message  # the spec cannot be realised as is; say why in status
 
-    observed = Observed(weights=weights, job=job, deployment=deployment, apply_error=apply_error)
+    observed = Observed(weights=weights, job=job, deployment=deployment, apply_error=apply_error,
+                        probe=probe if children.sizing else None)
     desired = derive_status(model, observed, settings.router_url, _now())
     patch = status_patch(model.status, desired)
     if patch:
@@ -79,6 +97,21 @@ async def reconcile(kube: Kube, settings: OperatorSettings, body: Mapping[str, A
     events += condition_events(model.status.get("conditions") or (), desired["conditions"])
     for event in events:
         await kube.post_event(model.namespace, model.name, model.uid, event.type, event.reason, event.message)
+
+
+async def _claimed_size(kube: Kube, model: LocalModel) -> str | None:
+    """What the existing weights claim requests (None without one): a reconcile must never resize it."""
+    if model.spec.source.claim_name is not None or model.spec.storage.size:
+        return None  # no claim of ours, or the size is the user's to change
+    claim = await kube.get("v1", "PersistentVolumeClaim", model.namespace, meta.pvc_name(model.name))
+    return requested_storage(claim) if claim else None
+
+
+async def _with_fresh_download(kube: Kube, model: LocalModel) -> LocalModel:
+    """The body may predate the probe's report; the probe patched status before its pod ended,
+    so a read made after seeing its Job complete holds the report."""
+    body = await kube.get(meta.API_VERSION, meta.KIND, model.namespace, model.name)
+    return dataclasses.replace(model, download=LocalModel.from_body(body).download) if body else model
 
 
 async def refresh_progress(kube: Kube, body: Mapping[str, Any]) -> None:

@@ -47,9 +47,10 @@ class Observed:
     """The children's state at reconcile time."""
 
     weights: Weights | None
-    job: JobState | None  # the Job for the current spec.source, if any
+    job: JobState | None  # the pull Job for the current spec.source, if any
     deployment: DeploymentState | None
     apply_error: str | None = None  # the apiserver refused a child built from this spec
+    probe: JobState | None = None  # the size Job, while the claim and the pull wait for it
 
 
 def human_bytes(size: int) -> str:
@@ -81,7 +82,7 @@ def _pull_failure(model: LocalModel, job: JobState) -> tuple[str, str]:
     if download.result == "Failed" and download.reason:
         return download.reason, download.message or download.reason
     reason = job.reason or "PullFailed"
-    return reason, job.message or f"pull Job {job.name} failed ({reason})"
+    return reason, job.message or f"Job {job.name} failed ({reason})"
 
 
 def _weights_condition(model: LocalModel, observed: Observed) -> Condition:
@@ -92,6 +93,12 @@ def _weights_condition(model: LocalModel, observed: Observed) -> Condition:
         return Condition(WEIGHTS_READY, True, "Pulled", f"{weights.source.model_path}{size} is in place{detail}")
     job = observed.job
     replacing = " (the previous weights keep serving meanwhile)" if weights else ""
+    if job is None and observed.probe is not None:
+        probe = observed.probe
+        if probe.phase == JobPhase.FAILED:
+            return Condition(WEIGHTS_READY, False, *_pull_failure(model, probe))
+        return Condition(WEIGHTS_READY, False, "Pending",
+                         f"Job {probe.name} measures {model.spec.source.summary()} to size the claim{replacing}")
     if job is None or job.phase == JobPhase.PENDING:
         name = job.name if job else meta.job_name(model.name, model.spec.source.digest)
         return Condition(WEIGHTS_READY, False, "Pending", f"waiting for pull Job {name} to start{replacing}")
@@ -117,10 +124,10 @@ def _available_condition(model: LocalModel, observed: Observed) -> Condition:
 def _degraded_condition(model: LocalModel, observed: Observed) -> Condition:
     if observed.apply_error:
         return Condition(DEGRADED, True, "ApplyFailed", observed.apply_error)
-    job = observed.job
-    if needs_pull(model, observed.weights) and job is not None and job.phase == JobPhase.FAILED:
-        reason, message = _pull_failure(model, job)
-        return Condition(DEGRADED, True, reason, message)
+    for job in (observed.job, observed.probe):
+        if needs_pull(model, observed.weights) and job is not None and job.phase == JobPhase.FAILED:
+            reason, message = _pull_failure(model, job)
+            return Condition(DEGRADED, True, reason, message)
     deployment = observed.deployment
     if deployment is not None and deployment.stuck_reason:
         return Condition(DEGRADED, True, deployment.stuck_reason, deployment.stuck_message or deployment.stuck_reason)

@@ -111,8 +111,13 @@ def run_operator(control_plane: Any, tmp_path: Path) -> Iterator[Callable[[Insta
 
 
 def reconcile_to_ready(cluster: Cluster, name: str, log: Path) -> dict[str, Any]:
-    """Plays the Job controller, the puller and the Deployment controller for one model."""
-    job = eventually(lambda: cluster.only_job(name), timeout=60).metadata.name
+    """Plays the Job controller, the puller (size probe, then pull) and the Deployment controller for one model."""
+    probe = eventually(lambda: cluster.only_job(name), timeout=60).metadata.name
+    assert probe.startswith(f"lm-{name}-size-")
+    cluster.start_job(probe)
+    cluster.report_download(name, {"bytesDone": 0, "bytesTotal": None})  # the server announced no length
+    cluster.complete_job(probe)
+    job = eventually(lambda: _pull_job(cluster, name), timeout=60)
     cluster.start_job(job)
     cluster.report_download(name, {"bytesDone": GGUF["sizeBytes"], "bytesTotal": GGUF["sizeBytes"], "percent": 100,
                                    "sha256": SHA, "result": "Succeeded"}, GGUF)
@@ -123,6 +128,10 @@ def reconcile_to_ready(cluster: Cluster, name: str, log: Path) -> dict[str, Any]
         return cluster.wait_phase(name, "Ready")
     except AssertionError:
         raise AssertionError(f"not Ready; operator log:\n{log.read_text()[-5000:]}") from None
+
+
+def _pull_job(cluster: Cluster, name: str) -> str:
+    return next(job.metadata.name for job in cluster.jobs(name) if job.metadata.name.startswith(f"lm-{name}-pull-"))
 
 
 def can(api: ApiClient, verb: str, resource: str, namespace: str, group: str = "") -> bool:
@@ -156,6 +165,7 @@ def test_the_operator_reconciles_a_model_to_ready_under_the_chart_rbac(
     server = cluster.deployment("chat").spec.template.spec.containers[0]
     assert server.image == rendered_env["LOCALMODEL_SERVER_IMAGE"]
     claim = cluster.core.read_namespaced_persistent_volume_claim("lm-chat-weights", models_ns)
+    # Sized by the probe; it found no content length, so the chart's default applies.
     assert claim.spec.resources.requests["storage"] == rendered_env["LOCALMODEL_DEFAULT_STORAGE_SIZE"]
     assert proc.poll() is None
 

@@ -70,7 +70,7 @@ def test_source_summary_for_the_source_column(source: dict, summary: str) -> Non
 def test_every_child_has_the_contract_labels_and_a_controller_owner() -> None:
     lm = model()
     weights = weights_for(HF_SOURCE)
-    children = desired_children(lm, weights, SETTINGS)
+    children = desired_children(lm, weights, SETTINGS, "20Gi")
     assert [c["kind"] for c in children.applied] == [
         "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding", "Service", "Deployment"]
     for child in children.applied:
@@ -91,12 +91,12 @@ def test_every_child_has_the_contract_labels_and_a_controller_owner() -> None:
 
 
 def test_claim_defaults_and_overrides() -> None:
-    claim = build_storage.weights_claim(model(), SETTINGS)
+    claim = build_storage.weights_claim(model(), SETTINGS, "20Gi")
     assert claim is not None
     assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}},
                              "volumeMode": "Filesystem"}
     custom = build_storage.weights_claim(model({"source": HF_SOURCE, "storage": {
-        "size": "3Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]}}), SETTINGS)
+        "size": "3Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]}}), SETTINGS, "3Gi")
     assert custom is not None
     assert custom["spec"]["storageClassName"] == "fast"
     assert custom["spec"]["resources"]["requests"]["storage"] == "3Gi"
@@ -104,14 +104,18 @@ def test_claim_defaults_and_overrides() -> None:
 
 
 def test_retained_claim_has_no_owner_so_it_outlives_the_model() -> None:
-    claim = build_storage.weights_claim(model({"source": HF_SOURCE, "storage": {"retainOnDelete": True}}), SETTINGS)
+    claim = build_storage.weights_claim(model({"source": HF_SOURCE, "storage": {"retainOnDelete": True}}), SETTINGS, "1Gi")
     assert claim is not None
     assert "ownerReferences" not in claim["metadata"]
 
 
 def test_pvc_source_uses_the_users_claim_and_creates_none() -> None:
     lm = model({"source": {"pvc": {"claimName": "shared", "path": "llama/m.gguf"}}})
-    assert build_storage.weights_claim(lm, SETTINGS) is None
+    assert build_storage.weights_claim(lm, SETTINGS, "1Gi") is None
+    assert build_storage.claim_size(lm, None, None, SETTINGS) is None
+    children = desired_children(lm, None, SETTINGS, None)
+    assert not children.sizing and children.job is not None  # verified in place, never probed
+    assert children.job["metadata"]["name"] == meta.job_name("qwen", lm.spec.source.digest)
     job = build_puller.job(lm, SETTINGS)
     pod = job["spec"]["template"]["spec"]
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared", "readOnly": True}
@@ -291,7 +295,7 @@ def test_service() -> None:
 
 def test_a_new_model_gets_a_pull_job_and_no_server_yet() -> None:
     lm = model()
-    children = desired_children(lm, None, SETTINGS)
+    children = desired_children(lm, None, SETTINGS, "20Gi")
     assert "Deployment" not in [c["kind"] for c in children.applied]
     assert children.job is not None
     assert children.job["metadata"]["name"] == meta.job_name("qwen", lm.spec.source.digest)
@@ -317,7 +321,7 @@ def test_a_changed_source_keeps_serving_the_old_weights_until_the_new_pull_succe
     new_gguf = {**GGUF, "sizeBytes": 8 * 2**30, "parameters": 8_000_000_000}
     lm = model({"source": {"url": "https://h.example/new.gguf"}}, {"weights": old_weights.to_status(), "gguf": new_gguf})
     assert lm.weights == old_weights
-    children = desired_children(lm, lm.weights, SETTINGS)
+    children = desired_children(lm, lm.weights, SETTINGS, "20Gi")
     deployment = next(c for c in children.applied if c["kind"] == "Deployment")
     assert deployment["spec"]["template"] == serving["spec"]["template"]
     assert children.job is not None and children.job["metadata"]["name"].endswith(lm.spec.source.digest)

@@ -52,7 +52,7 @@ def test_a_model_goes_from_pending_through_downloading_and_loading_to_ready(
     cluster: Cluster, operator: Any, control_plane: Any
 ) -> None:
     source = {**HF, "secretRef": {"name": "hf-token"}}
-    created = cluster.create_model("qwen", {"source": source, "aliases": ["llama3"]})
+    created = cluster.create_model("qwen", {"source": source, "aliases": ["llama3"], "storage": {"size": "2Gi"}})
     uid = created["metadata"]["uid"]
 
     # Pending: claim, puller RBAC, Service and the pull Job exist; no server yet.
@@ -70,7 +70,7 @@ def test_a_model_goes_from_pending_through_downloading_and_loading_to_ready(
         assert owner_uids(child) == [uid], child.metadata.name
         assert child.metadata.labels["app.kubernetes.io/managed-by"] == "localmodel-operator"
         assert child.metadata.labels["localmodel.dev/model"] == "qwen"
-    assert pvc.spec.resources.requests["storage"] == "20Gi"
+    assert pvc.spec.resources.requests["storage"] == "2Gi"
     assert service.spec.ports[0].name == "http" and service.spec.ports[0].port == 8000
     assert role.rules[0].resource_names == ["qwen"] and role.rules[0].verbs == ["get", "patch"]
     pull_container = job.spec.template.spec.containers[0]
@@ -168,6 +168,7 @@ def test_the_puller_may_patch_only_its_own_models_status(cluster: Cluster, opera
 def test_gpu_model_children(cluster: Cluster, operator: Any) -> None:
     source = {"url": "https://models.example/llama3-8b-q4.gguf", "sha256": SHA}
     cluster.create_model("llama3", {"source": source, "gpu": {"count": 1}, "runtimeClassName": "nvidia",
+                                    "storage": {"size": "6Gi"},
                                     "nodeSelector": {"nvidia.com/gpu.present": "true"}, "contextSize": 8192})
     pull(cluster, "llama3", source)
     deployment = eventually(lambda: cluster.deployment("llama3"))
@@ -182,7 +183,8 @@ def test_gpu_model_children(cluster: Cluster, operator: Any) -> None:
 
 
 def test_a_failed_pull_is_reported_with_the_pullers_reason(cluster: Cluster, operator: Any) -> None:
-    cluster.create_model("broken", {"source": {"url": "https://models.example/x.gguf", "sha256": SHA}})
+    cluster.create_model("broken", {"source": {"url": "https://models.example/x.gguf", "sha256": SHA},
+                                    "storage": {"size": "1Gi"}})
     job = eventually(lambda: cluster.only_job("broken")).metadata.name
     cluster.start_job(job)
     cluster.report_download("broken", {"result": "Failed", "reason": "ChecksumMismatch",
@@ -209,7 +211,7 @@ def _progress(cluster: Cluster, name: str, text: str) -> bool:
 def test_replica_change_patches_and_source_change_repulls_then_rolls(cluster: Cluster, operator: Any) -> None:
     old = {"url": "https://models.example/v1.gguf"}
     new = {"url": "https://models.example/v2.gguf"}
-    cluster.create_model("m", {"source": old})
+    cluster.create_model("m", {"source": old, "storage": {"size": "1Gi"}})
     pull(cluster, "m", old)
     eventually(lambda: cluster.deployment("m"))
     cluster.make_available("m")
@@ -266,14 +268,14 @@ def test_restart_mid_reconcile_creates_no_duplicates(
     from .conftest import kopf_runner
 
     with kopf_runner(namespace) as first:
-        cluster.create_model("a", {"source": HF})
+        cluster.create_model("a", {"source": HF, "storage": {"size": "1Gi"}})
         eventually(lambda: cluster.only_job("a"))
         cluster.wait_phase("a", "Pending")
     assert first.exit_code == 0, first.output
 
     # While the operator is down: a new model arrives, one child of "a" is lost,
     # and "a"'s pull finishes; a half-done reconcile of "b" left only its Service.
-    cluster.create_model("b", {"source": HF})
+    cluster.create_model("b", {"source": HF, "storage": {"size": "1Gi"}})
     cluster.core.delete_namespaced_service("lm-a", cluster.ns)
     cluster.start_job(cluster.only_job("a").metadata.name)
     cluster.complete_job(cluster.only_job("a").metadata.name)
@@ -300,8 +302,8 @@ def test_restart_mid_reconcile_creates_no_duplicates(
 
 
 def test_deletion_leaves_only_a_retained_claim(cluster: Cluster, operator: Any) -> None:
-    gone = cluster.create_model("gone", {"source": HF})
-    kept = cluster.create_model("kept", {"source": HF, "storage": {"retainOnDelete": True}})
+    gone = cluster.create_model("gone", {"source": HF, "storage": {"size": "1Gi"}})
+    kept = cluster.create_model("kept", {"source": HF, "storage": {"size": "3Gi", "retainOnDelete": True}})
     for name in ("gone", "kept"):
         eventually(lambda name=name: cluster.only_job(name))
         cluster.wait_phase(name, "Pending")
@@ -320,14 +322,17 @@ def test_deletion_leaves_only_a_retained_claim(cluster: Cluster, operator: Any) 
         assert owner_uids(child) == [kept["metadata"]["uid"]]
     assert owner_uids(cluster.core.read_namespaced_persistent_volume_claim("lm-kept-weights", cluster.ns)) == []
 
-    # A model created again under the same name reuses the retained claim; giving up
-    # retention hands the claim to the new owner.
+    # A model created again under the same name reuses the retained claim at the size it
+    # has (nothing to measure); giving up retention hands the claim to the new owner.
     cluster.collect_garbage("kept", kept["metadata"]["uid"])
     assert cluster.core.read_namespaced_persistent_volume_claim("lm-kept-weights", cluster.ns)
     again = cluster.create_model("kept", {"source": HF, "storage": {"retainOnDelete": True}})
     eventually(lambda: _job_owned_by(cluster, "kept", again["metadata"]["uid"]))
     cluster.patch_spec("kept", {"storage": {"retainOnDelete": False}})
     eventually(lambda: _claim_owned_by(cluster, "lm-kept-weights", again["metadata"]["uid"]))
+    assert [job.metadata.name for job in cluster.jobs("kept")] == [f"lm-kept-pull-{digest(HF)}"]
+    assert cluster.core.read_namespaced_persistent_volume_claim("lm-kept-weights", cluster.ns).spec.resources.requests[
+        "storage"] == "3Gi"
 
 
 def _is_gone(cluster: Cluster, name: str) -> None:
@@ -342,3 +347,42 @@ def _job_owned_by(cluster: Cluster, name: str, uid: str) -> None:
 
 def _claim_owned_by(cluster: Cluster, claim: str, uid: str) -> None:
     assert owner_uids(cluster.core.read_namespaced_persistent_volume_claim(claim, cluster.ns)) == [uid]
+
+
+def test_an_unsized_model_measures_its_source_then_claims_what_it_needs(cluster: Cluster, operator: Any) -> None:
+    source = {"url": "https://models.example/big.gguf"}
+    cluster.create_model("sized", {"source": source})
+    probe = f"lm-sized-size-{digest(source)}"
+    job = eventually(lambda: cluster.batch.read_namespaced_job(probe, cluster.ns))
+    container = job.spec.template.spec.containers[0]
+    assert container.args[0] == "--probe" and "--dest" not in container.args
+    assert not job.spec.template.spec.volumes and job.spec.template.spec.service_account_name == "lm-sized-puller"
+    cluster.wait_phase("sized", "Pending")
+    assert cluster.condition("sized", "WeightsReady") == ("False", "Pending")
+    assert [j.metadata.name for j in cluster.jobs("sized")] == [probe]  # no pull before the claim exists
+    with pytest.raises(ApiException) as missing:
+        cluster.core.read_namespaced_persistent_volume_claim("lm-sized-weights", cluster.ns)
+    assert missing.value.status == 404
+
+    # The probe reports the content length (5 GiB) and ends: the claim gets 5.5 rounded up, then the pull starts.
+    cluster.start_job(probe)
+    cluster.report_download("sized", {"bytesDone": 0, "bytesTotal": 5 * 2**30, "percent": 0})
+    cluster.complete_job(probe)
+    claim = eventually(lambda: cluster.core.read_namespaced_persistent_volume_claim("lm-sized-weights", cluster.ns))
+    assert claim.spec.resources.requests["storage"] == "6Gi"
+    pull(cluster, "sized", source)
+    eventually(lambda: cluster.deployment("sized"))
+    cluster.wait_phase("sized", "Loading")
+    eventually(lambda: _has_events(cluster, "sized", {"SizeProbeStarted", "ClaimSized", "PullStarted"}))
+
+    # A probe that fails surfaces like a failed pull: its reason in the conditions and a Warning.
+    cluster.create_model("absent", {"source": {"url": "https://models.example/absent.gguf"}})
+    failing = eventually(lambda: cluster.only_job("absent")).metadata.name
+    assert failing.startswith("lm-absent-size-")
+    cluster.start_job(failing)
+    cluster.report_download("absent", {"bytesDone": 0, "result": "Failed", "reason": "SourceNotFound",
+                                       "message": "https://models.example/absent.gguf: HTTP 404"})
+    cluster.fail_job(failing)
+    cluster.wait_phase("absent", "Failed")
+    assert cluster.condition("absent", "Degraded") == ("True", "SourceNotFound")
+    eventually(lambda: _has_events_typed(cluster, "absent", ("Warning", "SourceNotFound")))
