@@ -51,6 +51,7 @@ from localmodel_operator.spec import LocalModel  # noqa: E402
 
 GOAL_P50_S, GOAL_BATCH_S, GOAL_RSS_MB = 1.0, 30.0, 200.0
 SOURCE = {"hf": {"repo": "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "quant": "Q4_K_M"}}
+CLAIM_SIZE = "1Gi"
 
 
 class JobWatch:
@@ -88,13 +89,15 @@ class JobWatch:
 
 def create_model(custom: CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
     return custom.create_namespaced_custom_object(
-        fixtures.GROUP, fixtures.VERSION, namespace, fixtures.PLURAL, fixtures.local_model(name, {"source": SOURCE}))
+        fixtures.GROUP, fixtures.VERSION, namespace, fixtures.PLURAL,
+        # An explicit size: the operator creates every child at once, with no size probe first.
+        fixtures.local_model(name, {"source": SOURCE, "storage": {"size": CLAIM_SIZE}}))
 
 
 def direct_children_seconds(api: kubernetes.client.ApiClient, namespace: str, name: str) -> float:
     """Baseline: the admin creates the six children a new LocalModel gets, one request each."""
     body = create_model(CustomObjectsApi(api), namespace, name)
-    children = desired_children(LocalModel.from_body(body), None, OperatorSettings())
+    children = desired_children(LocalModel.from_body(body), None, OperatorSettings(), CLAIM_SIZE)
     client = kubernetes.dynamic.DynamicClient(api)
     started = time.perf_counter()
     for child in (*children.applied, children.job):
