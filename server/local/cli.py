@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from ..puller.progress import human_bytes
 from .layout import Layout
 from .manifests import ManifestError, load, secret_env, source_json
 from .supervisor import StartupError, Supervisor
@@ -144,7 +145,7 @@ def cmd_list(args: argparse.Namespace, layout: Layout) -> int:
     for marker in sorted((layout.cache / "models").glob("*/*/model.gguf.json")):
         data = json.loads(marker.read_text())
         namespace, name = marker.parent.parent.name, marker.parent.name
-        rows.append((f"{namespace}/{name}", _size(data.get("sizeBytes", 0)), (data.get("sha256") or "")[:16],
+        rows.append((f"{namespace}/{name}", human_bytes(data.get("sizeBytes", 0)), (data.get("sha256") or "")[:16],
                      _source_text(data.get("source", {}))))
     _table(("NAME", "SIZE", "SHA256", "SOURCE"), rows)
     return 0
@@ -161,7 +162,7 @@ def cmd_ps(args: argparse.Namespace, layout: Layout) -> int:
         busy, memory = "-", "-"
         if m["status"] == "ready" and m["port"]:
             busy = f"{_busy_slots(m['port'])}/{m['slots']}"
-            memory = _size(_rss(m["pid"]))
+            memory = human_bytes(_rss(m["pid"]))
         served = m["servedName"] + (f" ({', '.join(m['aliases'])})" if m["aliases"] else "")
         rows.append((served, m["status"] + (f": {m['reason']}" if m["status"] == "failed" else ""),
                      str(m["port"] or "-"), busy, memory))
@@ -207,14 +208,6 @@ def _rss(pid: int | None) -> int:
         return psutil.Process(pid).memory_info().rss if pid else 0
     except psutil.NoSuchProcess:
         return 0
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _source_text(source: dict) -> str:

@@ -13,6 +13,7 @@ from support.http_faults import FaultyHTTPServer, Faults
 from support.puller_gguf import write_gguf
 
 from localmodel_server.puller import PullError, Reason, RetryPolicy, parse_source, pull
+from localmodel_server.puller.progress import NullSink
 from localmodel_server.puller.result import PullResult
 from localmodel_server.puller.store import MARKER_FILE, MODEL_FILE, PARTIAL_FILE
 from localmodel_server.puller.writer import BLOCK_SIZE
@@ -188,7 +189,7 @@ def test_not_enough_space_is_insufficient_storage(
     assert str(model.stat().st_size) in error.message
 
 
-class CrashAt:
+class CrashAt(NullSink):
     """A progress sink that kills the pull (like a lost pod) once `fraction` of the bytes are in."""
 
     def __init__(self, fraction: float) -> None:
@@ -197,15 +198,6 @@ class CrashAt:
     def progress(self, done: int, total: int | None) -> None:
         if total and done >= total * self.fraction:
             raise KeyboardInterrupt
-
-    def succeeded(self, result: PullResult) -> None:
-        pass
-
-    def probed(self, total: int | None) -> None:
-        pass
-
-    def failed(self, error: PullError) -> None:
-        pass
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from support.puller_gguf import write_gguf
 from support.s3_moto import REGION, MotoS3
 
 from localmodel_server.puller import PullError, Reason, RetryPolicy, parse_source, pull
-from localmodel_server.puller.result import PullResult
+from localmodel_server.puller.progress import NullSink
 from localmodel_server.puller.store import MODEL_FILE, PARTIAL_FILE
 
 FAST = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, stall_timeout=2, connect_timeout=2)
@@ -52,19 +52,10 @@ def test_unreachable_endpoint_is_a_network_error(moto_s3: MotoS3, tmp_path: Path
     assert caught.value.reason is Reason.NETWORK_ERROR
 
 
-class CrashAtAQuarter:
+class CrashAtAQuarter(NullSink):
     def progress(self, done: int, total: int | None) -> None:
         if total and done >= total // 4:
             raise KeyboardInterrupt
-
-    def succeeded(self, result: PullResult) -> None:
-        pass
-
-    def probed(self, total: int | None) -> None:
-        pass
-
-    def failed(self, error: PullError) -> None:
-        pass
 
 
 def test_an_interrupted_s3_pull_resumes_with_a_ranged_presigned_get(
