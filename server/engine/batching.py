@@ -96,7 +96,10 @@ class Generation:
         self.cancelled = True
 
     def _emit(self, event: Event) -> None:
-        self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            pass
 
     async def __aiter__(self):
         while True:
@@ -197,9 +200,16 @@ class BatchEngine:
                 if not self._running:
                     break
                 self._admit()
-            self._drop_cancelled()
-            if self.busy_slots:
-                self._step()
+            try:
+                self._drop_cancelled()
+                if self.busy_slots:
+                    self._step()
+            except Exception:
+                # A bug must not leave clients waiting forever: fail what is in flight, keep serving.
+                log.exception("engine step failed; failing the requests in flight")
+                for seq in self._slots:
+                    if seq is not None:
+                        self._finish(seq, "error", error="internal engine error", reset_cache=True)
         for seq in self._slots:
             if seq is not None:
                 self._finish(seq, "cancelled")
@@ -305,18 +315,19 @@ class BatchEngine:
             self._finish(seq, "length")
 
     def _finish(self, seq: _Sequence, reason: FinishReason, *, error: str | None = None, reset_cache: bool = False) -> None:
-        tail = seq.text.flush()
-        if tail or seq.pending:
-            seq.gen._emit(Delta(tail, seq.pending))
-        seq.gen._emit(Finished(reason, len(seq.prompt), len(seq.generated), seq.cached_tokens, error))
         seq.sampler.close()
         if reset_cache:
             llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, 0, -1)
             self._slot_cache[seq.slot] = []
         else:
             self._slot_cache[seq.slot] = seq.kv_tokens()
+        # The slot is free before the client hears that its request ended.
         with self._cond:
             self._slots[seq.slot] = None
+        tail = seq.text.flush()
+        if tail or seq.pending:
+            seq.gen._emit(Delta(tail, seq.pending))
+        seq.gen._emit(Finished(reason, len(seq.prompt), len(seq.generated), seq.cached_tokens, error))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

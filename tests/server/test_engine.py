@@ -1,0 +1,55 @@
+"""The batching engine in-process, on a real llama.cpp context."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from localmodel_server.engine.batching import BatchEngine, Delta, EngineConfig, Finished, GenerationRequest
+from localmodel_server.engine.model import LoadedModel
+from localmodel_server.engine.sampling import SamplingParams
+
+pytestmark = pytest.mark.llama
+
+
+@pytest.fixture(scope="module")
+def engine(chat_model):
+    model = LoadedModel(chat_model)
+    engine = BatchEngine(model, EngineConfig(context_size=256, parallel=2, threads=2))
+    yield engine
+    engine.close()
+    model.close()
+
+
+def generate(engine: BatchEngine, text: str, max_tokens: int = 4) -> tuple[str, Finished]:
+    async def run() -> tuple[str, Finished]:
+        request = GenerationRequest(engine.model.tokenize(text), SamplingParams(temperature=0), max_tokens)
+        events = [event async for event in engine.submit(request)]
+        return "".join(e.text for e in events if isinstance(e, Delta)), events[-1]
+
+    return asyncio.run(run())
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(engine, monkeypatch):
+    reference, _ = generate(engine, "hello")
+    original = BatchEngine._sample
+
+    def broken(self, seq, row):
+        monkeypatch.setattr(BatchEngine, "_sample", original)  # fail once
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(BatchEngine, "_sample", broken)
+    _, failed = generate(engine, "hello")
+    assert failed.reason == "error" and failed.error == "internal engine error"
+    assert engine.busy_slots == 0
+    # The failed slot's KV was dropped; the same prompt decodes from scratch to the same tokens.
+    again, finished = generate(engine, "hello")
+    assert finished.reason == "length" and again == reference
+
+
+def test_max_tokens_and_prefix_reuse_are_reported(engine):
+    _, first = generate(engine, "the same prompt, twice", max_tokens=3)
+    _, second = generate(engine, "the same prompt, twice", max_tokens=3)
+    assert first.completion_tokens == second.completion_tokens == 3
+    assert second.cached_tokens == second.prompt_tokens - 1
