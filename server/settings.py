@@ -29,7 +29,7 @@ class ServerSettings(BaseSettings):
     parallel: int = Field(4, ge=1, le=256, description="Requests decoded together (slots).")
     queue_size: int = Field(64, ge=0, description="Requests waiting for a slot before new ones get 503.")
     batch_size: int = Field(512, ge=32, description="Most tokens evaluated in one decode step.")
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads.")
+    threads: int = Field(os.cpu_count() or 1, ge=1, description="CPU threads (default: every core).")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 offloads all.")
     weight_repacking: bool = Field(
         False, description="Let llama.cpp repack quantized CPU weights for its AMX/AVX-512 kernels. Off by "
