@@ -80,11 +80,14 @@ class ChatService(g.GenerationService):
             ).model_dump_json(exclude_none=True)
 
         yield chunk(ChatDelta(role="assistant", content=""))
-        # With tools on offer, output that starts like a call is held back and parsed at the end.
+        # With tools on offer, output that starts like a call is held back and parsed at the end;
+        # the decision is taken once, on the first visible text.
         held: list[str] | None = [] if forced else None
+        undecided = held is None and bool(req.tools) and req.tool_choice != "none"
         async for event in events:
             if isinstance(event, Delta):
-                if held is None and req.tools and req.tool_choice != "none":
+                if undecided and event.text.strip():
+                    undecided = False
                     if event.text.lstrip().startswith(TOOL_CALL_PREFIXES):
                         held = []
                 if held is not None:

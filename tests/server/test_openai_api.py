@@ -218,3 +218,17 @@ def test_probes_and_metrics(chat_server):
     ):
         assert name in text, name
     assert chat_server.metric("localmodel_completion_tokens_total") >= 2
+
+
+def test_auto_tool_choice_streams_prose_as_content(client):
+    # The random model answers in prose, so nothing is held back and no call is invented.
+    plain = greedy(client, "Chat with me", max_tokens=12).choices[0].message.content
+    chunks = list(client.chat.completions.create(
+        model="llama3", messages=[{"role": "user", "content": "Chat with me"}], temperature=0, max_tokens=12,
+        tools=TOOLS, tool_choice="auto", stream=True,
+    ))
+    assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed and [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    # The test model's template does not render tools, so the prompt and the greedy text are the same.
+    assert streamed == plain
