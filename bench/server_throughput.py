@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--levels", default="1,2,4,8")
+    parser.add_argument("--llama-server", type=Path,
+                        help="also run llama.cpp's C++ llama-server (built from the vendored sources) as the upper "
+                             "reference")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     model = bench_model()
@@ -177,6 +180,15 @@ def main() -> None:
         "--n_ctx", "1024", "--interrupt_requests", "false",
     ], port, levels, args.tokens)
 
+    reference = None
+    if args.llama_server:
+        port = free_port()
+        reference = run_server("llama-server", [
+            str(args.llama_server), "--model", str(model), "--alias", "bench", "--host", "127.0.0.1",
+            "--port", str(port), "--threads", t, "--threads-batch", t, "--parallel", str(max(levels)),
+            "--ctx-size", str(512 * max(levels)), "--no-repack", "--no-webui",
+        ], port, levels, args.tokens)
+
     print(f"\nModel: {model.name} ({model.stat().st_size / 2**20:.0f} MiB), {args.tokens} tokens per request, "
           f"{args.threads} threads.\n")
     print("| measure | localmodel-server | baseline | ratio |")
@@ -191,6 +203,15 @@ def main() -> None:
     print(f"| peak RSS MiB (vs llama_cpp.server) | {ours['rss']:.0f} | {theirs['rss']:.0f} "
           f"| {ours['rss'] / theirs['rss']:.2f} |")
     print(f"| peak RSS MiB of direct llama_cpp.Llama (bench process) | | {direct_rss:.0f} | |")
+    if reference:
+        print(f"| single-stream decode tok/s (vs llama-server) | {ours['decode']:.1f} | {reference['decode']:.1f} "
+              f"| {ours['decode'] / reference['decode']:.2f} |")
+        for n in levels:
+            o, r = ours["levels"][n], reference["levels"][n]
+            print(f"| {n} streams: aggregate tok/s (vs llama-server) | {o[0]:.1f} | {r[0]:.1f} | {o[0] / r[0]:.2f} |")
+            print(f"| {n} streams: p50 TTFT s (vs llama-server) | {o[1]:.2f} | {r[1]:.2f} | {o[1] / r[1]:.2f} |")
+        print(f"| peak RSS MiB (vs llama-server) | {ours['rss']:.0f} | {reference['rss']:.0f} "
+              f"| {ours['rss'] / reference['rss']:.2f} |")
 
 
 if __name__ == "__main__":
