@@ -33,16 +33,22 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def scratch_volume() -> dict[str, Any]:
+    """A writable /tmp: the root filesystem is read-only, and libraries still want a HOME."""
+    return {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}
+
+
+def scratch_mount() -> dict[str, Any]:
+    return {"name": TMP_VOLUME, "mountPath": "/tmp"}
+
+
 def volumes(claim_name: str, read_only: bool) -> list[dict[str, Any]]:
-    """The weights claim and a writable /tmp (the root filesystem is read-only)."""
+    """The weights claim and the scratch /tmp."""
     return [
         {"name": WEIGHTS_VOLUME, "persistentVolumeClaim": {"claimName": claim_name, "readOnly": read_only}},
-        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
+        scratch_volume(),
     ]
 
 
 def volume_mounts(read_only: bool) -> list[dict[str, Any]]:
-    return [
-        {"name": WEIGHTS_VOLUME, "mountPath": MODELS_DIR, "readOnly": read_only},
-        {"name": TMP_VOLUME, "mountPath": "/tmp"},
-    ]
+    return [{"name": WEIGHTS_VOLUME, "mountPath": MODELS_DIR, "readOnly": read_only}, scratch_mount()]

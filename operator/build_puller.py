@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from localmodel_operator import meta
-from localmodel_operator.build_pod import container_security_context, pod_security_context, volume_mounts, volumes
+from localmodel_operator.build_pod import (
+    container_security_context, pod_security_context, scratch_mount, scratch_volume, volume_mounts, volumes,
+)
 from localmodel_operator.settings import OperatorSettings
 from localmodel_operator.spec import LocalModel
 
@@ -85,8 +87,9 @@ def job(model: LocalModel, settings: OperatorSettings) -> dict[str, Any]:
 
 
 def probe_job(model: LocalModel, settings: OperatorSettings) -> dict[str, Any]:
-    """Measures spec.source before the claim exists, so the claim can be sized from it: no volume at all."""
-    return _job(model, settings, meta.probe_job_name(model.name, model.spec.source.digest), probe_args(model), [], [], [])
+    """Measures spec.source before the claim exists, so the claim can be sized from it: no weights volume."""
+    name = meta.probe_job_name(model.name, model.spec.source.digest)
+    return _job(model, settings, name, probe_args(model), [], [scratch_mount()], [scratch_volume()])
 
 
 def _job(

@@ -356,7 +356,9 @@ def test_an_unsized_model_measures_its_source_then_claims_what_it_needs(cluster:
     job = eventually(lambda: cluster.batch.read_namespaced_job(probe, cluster.ns))
     container = job.spec.template.spec.containers[0]
     assert container.args[0] == "--probe" and "--dest" not in container.args
-    assert not job.spec.template.spec.volumes and job.spec.template.spec.service_account_name == "lm-sized-puller"
+    # No claim exists yet: the size Job mounts only its scratch /tmp.
+    assert [v.name for v in job.spec.template.spec.volumes] == ["tmp"]
+    assert job.spec.template.spec.service_account_name == "lm-sized-puller"
     cluster.wait_phase("sized", "Pending")
     assert cluster.condition("sized", "WeightsReady") == ("False", "Pending")
     assert [j.metadata.name for j in cluster.jobs("sized")] == [probe]  # no pull before the claim exists

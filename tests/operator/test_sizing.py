@@ -55,7 +55,9 @@ def test_an_unsized_new_model_gets_the_size_job_and_no_claim_or_pull_yet() -> No
     assert job is not None and job["metadata"]["name"] == f"lm-qwen-size-{lm.spec.source.digest}"
     pull = build_puller.job(lm, SETTINGS)
     pod, pull_pod = job["spec"]["template"]["spec"], pull["spec"]["template"]["spec"]
-    assert pod["volumes"] == [] and pod["containers"][0]["volumeMounts"] == []
+    # No weights claim (it does not exist yet), only the scratch /tmp huggingface_hub and boto3 may write to.
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"] and "emptyDir" in pod["volumes"][0]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     for key in ("serviceAccountName", "securityContext", "restartPolicy"):
         assert pod[key] == pull_pod[key]
     container, pull_container = pod["containers"][0], pull_pod["containers"][0]
