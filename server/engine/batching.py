@@ -138,17 +138,11 @@ class BatchEngine:
     def __init__(self, model: LoadedModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = config.context_size * config.parallel
-        params.n_batch = config.batch_size
-        params.n_ubatch = min(config.batch_size, 512)
-        params.n_seq_max = config.parallel
-        params.n_threads = params.n_threads_batch = config.threads
-        params.kv_unified = False
-        params.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
-        if not self._ctx:
-            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self._ctx = model.new_context(
+            n_ctx=config.context_size * config.parallel, n_batch=config.batch_size,
+            n_ubatch=min(config.batch_size, 512), n_seq_max=config.parallel, threads=config.threads,
+            kv_unified=False,
+        )
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.context_per_sequence = llama_cpp.llama_n_ctx_seq(self._ctx)
         self._batch = llama_cpp.llama_batch_init(config.batch_size, 0, 1)

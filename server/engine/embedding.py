@@ -27,16 +27,10 @@ class Embedder:
         self.model = model
         self.context_size = context_size
         self.max_sequences = max_sequences
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = context_size
-        params.n_seq_max = max_sequences
-        params.n_threads = params.n_threads_batch = threads
-        params.embeddings = True
-        params.kv_unified = True
-        params.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
-        if not self._ctx:
-            raise RuntimeError("llama.cpp could not create an embedding context")
+        self._ctx = model.new_context(
+            n_ctx=context_size, n_batch=context_size, n_ubatch=context_size, n_seq_max=max_sequences,
+            threads=threads, kv_unified=True, embeddings=True,
+        )
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(context_size, 0, 1)
         self._lock = threading.Lock()  # one decode at a time on this context

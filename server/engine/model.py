@@ -78,6 +78,22 @@ class LoadedModel:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._chat: Jinja2ChatFormatter | None = None
 
+    def new_context(
+        self, *, n_ctx: int, n_batch: int, n_ubatch: int, n_seq_max: int, threads: int,
+        kv_unified: bool, embeddings: bool = False,
+    ) -> llama_cpp.llama_context_p:
+        """A llama.cpp context (KV cache and compute buffers) over this model."""
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_batch, n_ubatch, n_seq_max
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = kv_unified
+        params.embeddings = embeddings
+        params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(self.handle, params)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
+        return ctx
+
     # -- tokens ---------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
