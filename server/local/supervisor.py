@@ -81,6 +81,7 @@ class Supervisor:
         self.router: asyncio.subprocess.Process | None = None
         self.phase = "starting"
         self._stop = asyncio.Event()
+        self._watchers: list[asyncio.Task] = []  # one per serving model: notices a server that dies
         # Secrets are checked before anything starts: a missing one is the user's to fix.
         self._secrets = {run.manifest.key: secret_env(run.manifest, layout) for run in self.runs}
 
@@ -95,7 +96,6 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         self.layout.run.mkdir(parents=True, exist_ok=True)
-        watchers: list[asyncio.Task] = []
         try:
             self._publish()
             self.router = await children.spawn(
@@ -106,7 +106,7 @@ class Supervisor:
             problem = await children.wait_ready(self.router, f"http://{self.host}:{self.port}/readyz", 60)
             if problem:
                 raise StartupError(f"the router did not start ({problem}); see {self.layout.logs / 'router.log'}")
-            starting = asyncio.create_task(self._start_models(watchers))
+            starting = asyncio.create_task(self._start_models())
             stopped = asyncio.create_task(self._stop.wait())
             router_died = asyncio.create_task(self.router.wait())
             done, _ = await asyncio.wait({starting, stopped, router_died}, return_when=asyncio.FIRST_COMPLETED)
@@ -124,16 +124,16 @@ class Supervisor:
             # Let a pull or load in progress unwind (it stops its own child) before shutting down.
             await asyncio.gather(starting, return_exceptions=True)
         finally:
-            await self._shutdown(watchers)
+            await self._shutdown()
 
-    async def _start_models(self, watchers: list[asyncio.Task]) -> None:
+    async def _start_models(self) -> None:
         # Pulls run one at a time (one progress bar, one saturated link); each model starts
         # serving as soon as its own weights are in place.
         loads = []
         for run in self.runs:
             model_path = await self._pull(run)
             if model_path is not None:
-                loads.append(asyncio.create_task(self._serve(run, model_path, watchers)))
+                loads.append(asyncio.create_task(self._serve(run, model_path)))
         await asyncio.gather(*loads)
 
     async def _pull(self, run: ModelRun) -> str | None:
@@ -154,7 +154,7 @@ class Supervisor:
             return None
         return outcome.path
 
-    async def _serve(self, run: ModelRun, model_path: str, watchers: list[asyncio.Task]) -> None:
+    async def _serve(self, run: ModelRun, model_path: str) -> None:
         spec = run.manifest.model.spec
         run.port = children.free_port()
         self._set(run, "loading", "loading the model")
@@ -170,7 +170,7 @@ class Supervisor:
             await children.stop(run.proc, grace=5)
             return
         self._set(run, "ready", "")
-        watchers.append(asyncio.create_task(self._watch(run)))
+        self._watchers.append(asyncio.create_task(self._watch(run)))
 
     async def _watch(self, run: ModelRun) -> None:
         assert run.proc is not None
@@ -217,7 +217,7 @@ class Supervisor:
             if r.status == "failed":
                 print(f"localmodel: not serving {r.name}: {r.reason}", file=self.out, flush=True)
 
-    async def _shutdown(self, watchers: list[asyncio.Task]) -> None:
+    async def _shutdown(self) -> None:
         self.phase = "stopping"
         self._publish()
         print("localmodel: stopping (draining in-flight requests)", file=self.out, flush=True)
@@ -226,7 +226,7 @@ class Supervisor:
         await asyncio.gather(*(children.stop(p, self.drain_timeout + 5) for p in procs))
         if self.router is not None:
             await children.stop(self.router, 10)
-        for task in watchers:
+        for task in self._watchers:
             task.cancel()
         self.layout.state_file.unlink(missing_ok=True)
         print("localmodel: stopped", file=self.out, flush=True)

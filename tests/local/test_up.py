@@ -217,3 +217,23 @@ def test_detach_then_down(tmp_path, volume, two_models):
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_server_that_dies_is_reported_and_routed_as_failed(tmp_path, volume, two_models):
+    up = Up(tmp_path, [two_models], volume=volume)
+    try:
+        state = up.wait_serving()
+        chat = next(m for m in state["models"] if m["servedName"] == "chat")
+        os.kill(chat["pid"], signal.SIGKILL)
+        assert wait_for(lambda: "chat stopped unexpectedly" in up.output(), timeout=10), up.output()
+
+        def refused() -> bool:
+            r = httpx.post(f"{up.base_url}/v1/chat/completions",
+                           json={"model": "llama3", "messages": [{"role": "user", "content": "x"}]})
+            return r.status_code == 503 and "exited" in r.json()["error"]["message"]
+
+        assert wait_for(refused, timeout=10)
+        embedding = httpx.post(f"{up.base_url}/v1/embeddings", json={"model": "embed", "input": "still here"})
+        assert embedding.status_code == 200
+    finally:
+        assert up.stop() == 0
