@@ -193,26 +193,30 @@ def main() -> None:
           f"{args.threads} threads.\n")
     print("| measure | localmodel-server | baseline | ratio |")
     print("|---|---|---|---|")
-    print(f"| single-stream decode tok/s (vs direct llama_cpp.Llama) | {ours['decode']:.1f} | {direct:.1f} "
-          f"| {ours['decode'] / direct:.2f} |")
-    for n in levels:
-        o, b = ours["levels"][n], theirs["levels"][n]
-        print(f"| {n} streams: aggregate tok/s (vs llama_cpp.server) | {o[0]:.1f} | {b[0]:.1f} | {o[0] / b[0]:.2f} |")
-        print(f"| {n} streams: p50 TTFT s | {o[1]:.2f} | {b[1]:.2f} | {o[1] / b[1]:.2f} |")
-        print(f"| {n} streams: p95 TTFT s | {o[2]:.2f} | {b[2]:.2f} | {o[2] / b[2]:.2f} |")
-    print(f"| peak RSS MiB (vs llama_cpp.server) | {ours['rss']:.0f} | {theirs['rss']:.0f} "
-          f"| {ours['rss'] / theirs['rss']:.2f} |")
-    print(f"| peak RSS MiB of direct llama_cpp.Llama (bench process) | | {direct_rss:.0f} | |")
+    row("single-stream decode tok/s (vs direct llama_cpp.Llama)", ours["decode"], direct)
+    compare(ours, theirs, "llama_cpp.server", levels, p95=True)
+    row("peak RSS MiB of direct llama_cpp.Llama (bench process)", None, direct_rss, digits=0)
     if reference:
-        print(f"| single-stream decode tok/s (vs llama-server) | {ours['decode']:.1f} | {reference['decode']:.1f} "
-              f"| {ours['decode'] / reference['decode']:.2f} |")
-        for n in levels:
-            o, r = ours["levels"][n], reference["levels"][n]
-            print(f"| {n} streams: aggregate tok/s (vs llama-server) | {o[0]:.1f} | {r[0]:.1f} | {o[0] / r[0]:.2f} |")
-            print(f"| {n} streams: p50 TTFT s (vs llama-server) | {o[1]:.2f} | {r[1]:.2f} | {o[1] / r[1]:.2f} |")
-        print(f"| peak RSS MiB (vs llama-server) | {ours['rss']:.0f} | {reference['rss']:.0f} "
-              f"| {ours['rss'] / reference['rss']:.2f} |")
+        row("single-stream decode tok/s (vs llama-server)", ours["decode"], reference["decode"])
+        compare(ours, reference, "llama-server", levels, p95=False)
 
+
+def row(measure: str, ours: float | None, baseline: float, digits: int = 1) -> None:
+    if ours is None:
+        print(f"| {measure} | | {baseline:.{digits}f} | |")
+    else:
+        print(f"| {measure} | {ours:.{digits}f} | {baseline:.{digits}f} | {ours / baseline:.2f} |")
+
+
+def compare(ours: dict, other: dict, name: str, levels: list[int], *, p95: bool) -> None:
+    """Rows of aggregate throughput and TTFT per concurrency level, then peak RSS, against one server."""
+    for n in levels:
+        (rate, p50, tail), (their_rate, their_p50, their_tail) = ours["levels"][n], other["levels"][n]
+        row(f"{n} streams: aggregate tok/s (vs {name})", rate, their_rate)
+        row(f"{n} streams: p50 TTFT s (vs {name})", p50, their_p50, digits=2)
+        if p95:
+            row(f"{n} streams: p95 TTFT s (vs {name})", tail, their_tail, digits=2)
+    row(f"peak RSS MiB (vs {name})", ours["rss"], other["rss"], digits=0)
 
 if __name__ == "__main__":
     main()
