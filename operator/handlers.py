@@ -18,8 +18,7 @@ from localmodel_operator.kube import Kube, KubeError, load_api_client
 from localmodel_operator.reconcile import ModelLocks, reconcile, refresh_progress
 from localmodel_operator.settings import OperatorSettings
 
-VERSION = "v1alpha1"
-MODEL = (meta.API_GROUP, VERSION, meta.PLURAL)
+MODEL = (meta.API_GROUP, meta.VERSION, meta.PLURAL)
 # Transient failures (apiserver unavailable, conflicts) are retried after this many seconds.
 RETRY_DELAY_S = 5
 OWNED = {"app.kubernetes.io/managed-by": meta.FIELD_MANAGER}

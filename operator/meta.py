@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-API_GROUP = "localmodel.dev"
-API_VERSION = "localmodel.dev/v1alpha1"
-KIND = "LocalModel"
-PLURAL = "localmodels"
+# The shared contract, re-exported: the operator's modules read every name from here.
+from localmodel_server.contract import (  # noqa: F401
+    API_GROUP, API_VERSION, KIND, MODEL_LABEL, NAME_PREFIX, PLURAL, VERSION, service_name,
+)
+
 FIELD_MANAGER = "localmodel-operator"
 
 SERVER_COMPONENT = "localmodel-server"
 PULLER_COMPONENT = "localmodel-puller"
-MODEL_LABEL = "localmodel.dev/model"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 # Pod-template annotation: changes when new weights are in place, which rolls the Deployment.
 WEIGHTS_ANNOTATION = "localmodel.dev/weights"
@@ -21,29 +21,25 @@ MODELS_DIR = "/models"
 
 
 def pvc_name(model: str) -> str:
-    return f"lm-{model}-weights"
+    return f"{NAME_PREFIX}{model}-weights"
 
 
 def job_name(model: str, digest: str) -> str:
-    return f"lm-{model}-pull-{digest}"
+    return f"{NAME_PREFIX}{model}-pull-{digest}"
 
 
 def probe_job_name(model: str, digest: str) -> str:
     """The Job that measures the source (localmodel-pull --probe) to size the claim; same length as the pull Job's."""
-    return f"lm-{model}-size-{digest}"
+    return f"{NAME_PREFIX}{model}-size-{digest}"
 
 
 def deployment_name(model: str) -> str:
-    return f"lm-{model}"
-
-
-def service_name(model: str) -> str:
-    return f"lm-{model}"
+    return f"{NAME_PREFIX}{model}"
 
 
 def puller_name(model: str) -> str:
     """ServiceAccount, Role and RoleBinding of the pull Job."""
-    return f"lm-{model}-puller"
+    return f"{NAME_PREFIX}{model}-puller"
 
 
 def labels(model: str, component: str = SERVER_COMPONENT) -> dict[str, str]:

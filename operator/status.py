@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from localmodel_operator import meta
+from localmodel_server.contract import Phase, human_bytes  # noqa: F401  (human_bytes is re-exported)
 from localmodel_operator.observed import DeploymentState, JobPhase, JobState
 from localmodel_operator.spec import Download, LocalModel, Weights
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    DOWNLOADING = "Downloading"
-    LOADING = "Loading"
-    READY = "Ready"
-    FAILED = "Failed"
 
 
 WEIGHTS_READY, AVAILABLE, DEGRADED = "WeightsReady", "Available", "Degraded"
@@ -51,15 +43,6 @@ class Observed:
     deployment: DeploymentState | None
     apply_error: str | None = None  # the apiserver refused a child built from this spec
     probe: JobState | None = None  # the size Job, while the claim and the pull wait for it
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def download_progress(download: Download) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from ..puller.progress import human_bytes
+from ..contract import human_bytes
 from .layout import Layout
 from .manifests import ManifestError, load, secret_env, source_json
 from .supervisor import StartupError, Supervisor

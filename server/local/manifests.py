@@ -12,10 +12,11 @@ from dotenv import dotenv_values
 
 from localmodel_operator.spec import LocalModel
 
+from .. import contract
 from .layout import Layout
 from .schema import validate
 
-KIND = ("localmodel.dev/v1alpha1", "LocalModel")
+KIND = (contract.API_VERSION, contract.KIND)
 
 
 class ManifestError(Exception):

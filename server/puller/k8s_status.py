@@ -19,15 +19,13 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from .. import contract
 from .errors import PullError
 from .progress import download_status, failure_status, probe_status, success_status
 from .result import PullResult
 
 log = logging.getLogger(__name__)
 
-GROUP = "localmodel.dev"
-VERSION = "v1alpha1"
-PLURAL = "localmodels"
 _FINAL_PATCH_ATTEMPTS = 3
 
 
@@ -105,7 +103,7 @@ class KubernetesStatusReporter:
     def _patch(self, status: dict[str, Any], log_level: int) -> bool:
         try:
             self._api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self._namespace, PLURAL, self._name, {"status": status}
+                contract.API_GROUP, contract.VERSION, self._namespace, contract.PLURAL, self._name, {"status": status}
             )
             return True
         except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as err:

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any, Protocol, TextIO
 
+from ..contract import human_bytes
 from .errors import PullError
 from .result import PullResult
 
@@ -67,14 +68,6 @@ def _success_message(result: PullResult) -> str:
     if result.outcome == "in-place":
         return "file on the claim used in place" + ("; sha256 verified" if result.sha256 else "")
     return f"downloaded {human_bytes(result.bytes_fetched)}; size and sha256 verified"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 class NullSink:

@@ -22,12 +22,14 @@ import kubernetes.client
 import kubernetes.config
 import orjson
 
-from .kube_routes import MODEL_LABEL, route_entries
+from .. import contract
+from ..contract import MODEL_LABEL
+from .kube_routes import route_entries
 from .routes import RouteTable
 
 log = logging.getLogger(__name__)
 
-LOCALMODELS = "/apis/localmodel.dev/v1alpha1"
+LOCALMODELS = f"/apis/{contract.API_VERSION}"
 ENDPOINTSLICES = "/apis/discovery.k8s.io/v1"
 WATCH_TIMEOUT_S = 300  # the apiserver ends each watch after this; it is re-opened from the last version
 _BACKOFF_MAX_S = 30.0
@@ -178,7 +180,9 @@ class KubeDiscovery:
         # A watch event is one JSON line; a LocalModel with a long status can pass aiohttp's 64 KiB default.
         async with aiohttp.ClientSession(read_bufsize=1 << 22) as session:
             for namespace in self.namespaces:
-                self._models.append(Reflector(self.api, session, collection_path(LOCALMODELS, "localmodels", namespace), None, self._changed))
+                self._models.append(Reflector(self.api, session, collection_path(LOCALMODELS, contract.PLURAL, namespace), None, self._changed))
+                # The EndpointSlice controller copies the model label from each model's Service onto
+                # its slices, so only the slices of LocalModels are watched, not every slice.
                 self._slices.append(
                     Reflector(self.api, session, collection_path(ENDPOINTSLICES, "endpointslices", namespace), MODEL_LABEL, self._changed)
                 )

@@ -12,20 +12,16 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from ..contract import Phase, service_name
 from .routes import RouteEntry
 
-SERVICE_PREFIX = "lm-"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-# The operator puts this label on each model's Service, and the EndpointSlice
-# controller copies Service labels onto slices, so the router can list only
-# the slices of LocalModels instead of every slice in the cluster.
-MODEL_LABEL = "localmodel.dev/model"
 PORT_NAME = "http"
 
 Object = Mapping[str, Any]
 
 # Seconds a client is asked to wait, by why the model cannot answer.
-_RETRY_AFTER = {"Pending": 5, "Downloading": 10, "Loading": 5, "Failed": 60, "Ready": 2}
+_RETRY_AFTER = {Phase.PENDING: 5, Phase.DOWNLOADING: 10, Phase.LOADING: 5, Phase.FAILED: 60, Phase.READY: 2}
 
 
 def slice_endpoints(endpoint_slice: Object) -> list[str]:
@@ -73,18 +69,18 @@ def not_ready_reason(localmodel: Object) -> tuple[str, int]:
     """Why a model without ready endpoints cannot answer, and how long to wait."""
     spec = localmodel.get("spec") or {}
     status = localmodel.get("status") or {}
-    phase = status.get("phase") or "Pending"
+    phase = status.get("phase") or Phase.PENDING
     retry_after = _RETRY_AFTER.get(phase, 5)
     if spec.get("replicas") == 0:
         return "scaled to zero (spec.replicas is 0)", 60
-    if phase == "Downloading":
+    if phase == Phase.DOWNLOADING:
         percent = (status.get("download") or {}).get("percent")
         return (f"downloading {percent}%" if percent is not None else "downloading"), retry_after
-    if phase == "Failed":
+    if phase == Phase.FAILED:
         return f"failed: {_failure_message(status)}", retry_after
-    if phase == "Loading":
+    if phase == Phase.LOADING:
         return "loading the model", retry_after
-    if phase == "Ready":
+    if phase == Phase.READY:
         return "no ready endpoints", retry_after
     return phase.lower(), retry_after
 
@@ -106,7 +102,7 @@ def route_entries(localmodels: Iterable[Object], slices: Iterable[Object]) -> li
         meta = localmodel.get("metadata") or {}
         spec = localmodel.get("spec") or {}
         name, namespace = meta.get("name", ""), meta.get("namespace", "")
-        urls = endpoints.get((namespace, SERVICE_PREFIX + name), [])
+        urls = endpoints.get((namespace, service_name(name)), [])
         reason, retry_after = ("", 0) if urls else not_ready_reason(localmodel)
         entries.append(
             RouteEntry(
