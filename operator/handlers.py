@@ -1,12 +1,22 @@
 """kopf handlers: thin adapters from watch events to `reconcile`.
 
 Registered on import. The same level-triggered reconcile runs on every cause
-(create, update, resume after a restart, and events of the Jobs and
-Deployments the operator owns), so no handler keeps state of its own.
+(create, update, resume after a restart, events of the Jobs and Deployments
+the operator owns, and a resync timer), so no handler keeps state of its own.
+
+kopf only logs the errors of event handlers: a Job's completion that meets a
+transient apiserver error would otherwise wait for the next change. The
+resync loop bounds that wait, and it also repairs children that were changed
+or deleted behind the operator's back (no watch covers Services, PVCs or RBAC
+objects). It is a task of the operator rather than a kopf timer because kopf
+puts a finalizer on every object a timer runs for, and a LocalModel must stay
+deletable while the operator is down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
@@ -22,6 +32,8 @@ MODEL = (meta.API_GROUP, meta.VERSION, meta.PLURAL)
 # Transient failures (apiserver unavailable, conflicts) are retried after this many seconds.
 RETRY_DELAY_S = 5
 OWNED = {"app.kubernetes.io/managed-by": meta.FIELD_MANAGER}
+PULL_JOBS = {**OWNED, "app.kubernetes.io/name": meta.PULLER_COMPONENT}
+log = logging.getLogger(__name__)
 
 
 @kopf.on.login()
@@ -33,7 +45,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, local_models: kopf.Index, pull_jobs: kopf.Index, **_: Any
+) -> None:
     # Handler bookkeeping goes to annotations: the status belongs to the operator and the puller.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
@@ -47,22 +61,38 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if "kube" not in memo:
         memo["kube"] = Kube(load_api_client())
         memo["close_kube"] = True
+    memo["resync"] = asyncio.create_task(_resync_forever(memo, local_models, pull_jobs))
 
 
 @kopf.on.cleanup()
-def close(memo: kopf.Memo, **_: Any) -> None:
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    memo["resync"].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await memo["resync"]
     if memo.get("close_kube"):
         memo["kube"].close()
 
 
-async def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
+@kopf.index(*MODEL)
+def local_models(namespace: str, name: str, **_: Any) -> tuple[str, str]:
+    """Every LocalModel in the watched namespaces, for the resync loop."""
+    return namespace, name
+
+
+@kopf.index("batch", "v1", "jobs", labels=PULL_JOBS)
+def pull_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every pull and size Job by (namespace, model), as the watch last saw it."""
+    return {(namespace, labels.get(meta.MODEL_LABEL, "")): {"metadata": dict(body.metadata), "status": dict(body.status)}}
+
+
+async def _reconcile(memo: kopf.Memo, pull_jobs: kopf.Index, namespace: str, name: str) -> None:
     """Reconciles the LocalModel as it is now: the body a handler got may be older than what
     another trigger already acted on, and building from it would flap the children."""
     async with memo["locks"](namespace, name):
         try:
             body = await memo["kube"].get(meta.API_VERSION, meta.KIND, namespace, name)
             if body is not None:
-                await reconcile(memo["kube"], memo["config"], body)
+                await reconcile(memo["kube"], memo["config"], body, list(pull_jobs.get((namespace, name), ())))
         except KubeError as exc:
             raise kopf.TemporaryError(f"apiserver: {exc}", delay=RETRY_DELAY_S) from None
 
@@ -70,8 +100,22 @@ async def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
 @kopf.on.resume(*MODEL, id="reconcile")
 @kopf.on.create(*MODEL, id="reconcile")
 @kopf.on.update(*MODEL, id="reconcile")
-async def model_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile(memo, namespace, name)
+async def model_changed(namespace: str, name: str, memo: kopf.Memo, pull_jobs: kopf.Index, **_: Any) -> None:
+    await _reconcile(memo, pull_jobs, namespace, name)
+
+
+async def _resync_forever(memo: kopf.Memo, local_models: kopf.Index, pull_jobs: kopf.Index) -> None:
+    """Reconciles every LocalModel once per interval, whatever the watches delivered."""
+    interval = memo["config"].resync_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        for namespace, name in sorted(local_models.get(None, ())):
+            try:
+                await _reconcile(memo, pull_jobs, namespace, name)
+            except kopf.TemporaryError as exc:
+                log.warning("resync of %s/%s: %s; the next resync retries", namespace, name, exc)
+            except Exception:
+                log.exception("resync of %s/%s failed; the next resync retries", namespace, name)
 
 
 @kopf.on.event(*MODEL, id="progress")
@@ -83,19 +127,19 @@ async def model_status_changed(body: kopf.Body, memo: kopf.Memo, type: str | Non
             await refresh_progress(memo["kube"], body)
 
 
-async def _owner_changed(body: kopf.Body, memo: kopf.Memo) -> None:
+async def _owner_changed(body: kopf.Body, memo: kopf.Memo, pull_jobs: kopf.Index) -> None:
     """A child changed (a Job finished, a Deployment became available): reconcile its LocalModel."""
     metadata = body["metadata"]
     name = (metadata.get("labels") or {}).get(meta.MODEL_LABEL)
     if name:
-        await _reconcile(memo, metadata["namespace"], name)
+        await _reconcile(memo, pull_jobs, metadata["namespace"], name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={**OWNED, "app.kubernetes.io/name": meta.PULLER_COMPONENT})
-async def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _owner_changed(body, memo)
+@kopf.on.event("batch", "v1", "jobs", labels=PULL_JOBS)
+async def job_changed(body: kopf.Body, memo: kopf.Memo, pull_jobs: kopf.Index, **_: Any) -> None:
+    await _owner_changed(body, memo, pull_jobs)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={**OWNED, "app.kubernetes.io/name": meta.SERVER_COMPONENT})
-async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _owner_changed(body, memo)
+async def deployment_changed(body: kopf.Body, memo: kopf.Memo, pull_jobs: kopf.Index, **_: Any) -> None:
+    await _owner_changed(body, memo, pull_jobs)

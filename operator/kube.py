@@ -132,11 +132,6 @@ class Kube:
                 return None
             raise
 
-    async def list(self, api_version: str, kind: str, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
-        query = [("labelSelector", meta.selector_string(dict(selector)))]
-        found = await self._request("GET", resource_path(api_version, kind, namespace), query=query)
-        return list(found.get("items") or [])
-
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Deletes with background propagation (dependents go to the garbage collector); gone already is fine."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}

@@ -3,14 +3,17 @@
 Level-triggered and idempotent: every handler (create, update, resume, a child's
 event, the resync timer) calls the same function, so a restarted operator simply
 converges again. Decisions come from the pure modules; I/O goes through `Kube`.
+The model's pull Jobs come from kopf's index of them (handlers.py), kept by the
+watch, so a reconcile does not LIST them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from localmodel_operator import meta
@@ -26,27 +29,48 @@ from localmodel_operator.status import (
 
 
 class ModelLocks:
-    """Serializes reconciles of one LocalModel: its own handlers and its children's events run concurrently."""
+    """Serializes reconciles of one LocalModel: its own handlers and its children's events run concurrently.
+
+    A lock lives only while someone holds or awaits it, so the table holds the
+    models being reconciled right now, not every model ever seen.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
-    def __call__(self, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, namespace: str, name: str) -> AsyncIterator[None]:
+        key = (namespace, name)
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def reconcile(kube: Kube, settings: OperatorSettings, body: Mapping[str, Any]) -> None:
+async def reconcile(
+    kube: Kube, settings: OperatorSettings, body: Mapping[str, Any], pull_jobs: Iterable[Mapping[str, Any]]
+) -> None:
+    """`pull_jobs`: the model's pull and size Jobs as the watch last saw them."""
     if body["metadata"].get("deletionTimestamp"):
         return  # the garbage collector removes the owned children
     model = LocalModel.from_body(body)
     source = model.spec.source
-    listed = await kube.list("batch/v1", "Job", model.namespace, meta.labels(model.name, meta.PULLER_COMPONENT))
     # A Job on its way out does not count; its deletion event brings us back to create a new one.
-    jobs = {job["metadata"]["name"]: job for job in listed if not job["metadata"].get("deletionTimestamp")}
+    jobs = {job["metadata"]["name"]: job for job in pull_jobs if not job["metadata"].get("deletionTimestamp")}
     current_job = jobs.get(meta.job_name(model.name, source.digest))
     probe_job = jobs.get(meta.probe_job_name(model.name, source.digest))
     job = job_state(current_job) if current_job else None

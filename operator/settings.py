@@ -40,6 +40,9 @@ class OperatorSettings(BaseSettings):
         default_factory=list, description="Tolerations added to GPU models' pods (JSON list)."
     )
     gpu_runtime_class_name: str = Field("", description="RuntimeClass for GPU models that set none (e.g. nvidia).")
+    resync_interval_s: float = Field(
+        60, gt=0, description="Seconds between full reconciles of each LocalModel, besides those its changes trigger."
+    )
     drain_timeout_s: int = Field(30, ge=0, description="Seconds a server may finish in-flight requests after SIGTERM.")
     prestop_sleep_s: int = Field(10, ge=0, description="Seconds a terminating pod waits so routers stop sending first.")
     pull_backoff_limit: int = Field(3, ge=0, description="Pod retries of a pull Job after crashes (not after a reported failure).")

@@ -17,6 +17,8 @@ CRD_PATH = ROOT / "crds" / "localmodel.dev_localmodels.yaml"
 RBAC_RULES_PATH = ROOT / "charts" / "localmodel" / "files" / "operator-rbac-rules.yaml"
 GROUP, VERSION, PLURAL = "localmodel.dev", "v1alpha1", "localmodels"
 SHA = "a" * 64
+# Short, so that every integration test runs with resyncs interleaved, as a long-running operator does.
+RESYNC_INTERVAL_S = 2.0
 
 
 def local_model(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +96,7 @@ def operator_env(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
     monkeypatch.setenv("LOCALMODEL_SERVER_IMAGE", "registry.test/localmodel:test")
     monkeypatch.setenv("LOCALMODEL_ROUTER_URL", ROUTER_URL)
+    monkeypatch.setenv("LOCALMODEL_RESYNC_INTERVAL_S", str(RESYNC_INTERVAL_S))
     return operator_kubeconfig
 
 

@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from localmodel_operator.spec import Source
 
 from .cluster import Cluster, eventually
-from .conftest import GROUP, PLURAL, ROUTER_URL, SHA, VERSION
+from .conftest import GROUP, PLURAL, RESYNC_INTERVAL_S, ROUTER_URL, SHA, VERSION
 
 HF = {"hf": {"repo": "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "quant": "Q4_K_M"}}
 GGUF = {"architecture": "qwen2", "parameters": 494032768, "quantization": "Q4_K_M", "contextLength": 32768,
@@ -388,3 +388,18 @@ def test_an_unsized_model_measures_its_source_then_claims_what_it_needs(cluster:
     cluster.wait_phase("absent", "Failed")
     assert cluster.condition("absent", "Degraded") == ("True", "SourceNotFound")
     eventually(lambda: _has_events_typed(cluster, "absent", ("Warning", "SourceNotFound")))
+
+
+def test_resync_repairs_a_child_deleted_behind_the_operators_back(cluster: Cluster, operator: Any) -> None:
+    """No watch covers Services: only the resync timer can notice that one is gone."""
+    created = cluster.create_model("resynced", {"source": HF, "storage": {"size": "1Gi"}})
+    first = eventually(lambda: cluster.core.read_namespaced_service("lm-resynced", cluster.ns))
+    cluster.core.delete_namespaced_service("lm-resynced", cluster.ns)
+
+    def recreated() -> Any:
+        service = cluster.core.read_namespaced_service("lm-resynced", cluster.ns)
+        assert service.metadata.uid != first.metadata.uid
+        return service
+
+    service = eventually(recreated, timeout=6 * RESYNC_INTERVAL_S)
+    assert owner_uids(service) == [created["metadata"]["uid"]]
