@@ -10,10 +10,9 @@ from localmodel_operator.build_pod import (
 )
 from localmodel_operator.settings import OperatorSettings
 from localmodel_operator.spec import LocalModel
+from localmodel_server.contract import PULL_REPORTED_FAILURE_EXIT_CODE
 
 TERMINATION_LOG = "/dev/termination-log"
-# localmodel-pull exits 1 after it reported a failure reason; retrying cannot help.
-REPORTED_FAILURE_EXIT_CODE = 1
 PULLER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}}
 
 
@@ -122,7 +121,7 @@ def _job(
             "ttlSecondsAfterFinished": settings.pull_ttl_s,
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {
-                    "containerName": "pull", "operator": "In", "values": [REPORTED_FAILURE_EXIT_CODE]}},
+                    "containerName": "pull", "operator": "In", "values": [PULL_REPORTED_FAILURE_EXIT_CODE]}},
                 # An evicted or preempted pod resumes from the partial file without using up a retry.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},

@@ -22,6 +22,14 @@ NAME_PREFIX = "lm-"
 MODEL_LABEL = f"{API_GROUP}/model"
 
 
+# localmodel-pull's exit codes, which the pull Job's podFailurePolicy reads. A reported
+# failure (bad credentials, a checksum mismatch, no space) will not change on retry, so it
+# fails the Job at once; anything else, a crash included, is retried up to the backoff limit.
+# 1 is Python's own exit after an uncaught exception and 2 is argparse's, hence 3.
+PULL_REPORTED_FAILURE_EXIT_CODE = 3
+PULL_CRASHED_EXIT_CODE = 1
+
+
 class Phase(StrEnum):
     """status.phase of a LocalModel."""
 

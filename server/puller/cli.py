@@ -4,10 +4,12 @@ With --probe instead of --dest it only reports the source's size
 (status.download.bytesTotal and {"result": "Probed", "bytesTotal": N}): the
 operator sizes the weights claim from it.
 
-Exit 0 with the weights in place (or the size reported), 1 with a reason (also written as JSON to
---termination-log, where Kubernetes turns it into the container's termination
-message), 2 for a malformed command line. Expected failures print one line,
-never a traceback; credentials only ever come from the environment.
+Exit 0 with the weights in place (or the size reported); 3 with a reason (also
+written as JSON to --termination-log, where Kubernetes turns it into the
+container's termination message), which fails the Job at once; 1 when the pull
+crashed on something unforeseen (an I/O error such as ESTALE, a library bug),
+which the Job retries; 2 for a malformed command line. Expected failures print
+one line, never a traceback; credentials only ever come from the environment.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..contract import PULL_CRASHED_EXIT_CODE, PULL_REPORTED_FAILURE_EXIT_CODE
 from .errors import PullError
 from .progress import FanOut, ProgressSink, TerminalProgress
 from .api import probe, pull
@@ -63,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     except PullError as err:
         log.error("%s failed: %s", "probe" if args.probe else "pull", err)
         _write_outcome(args.termination_log, {"result": "Failed", "reason": str(err.reason), "message": err.message})
-        return 1
+        return PULL_REPORTED_FAILURE_EXIT_CODE
+    except Exception as err:  # noqa: BLE001 - the pod log keeps the traceback; the Job retries
+        log.exception("%s crashed; the Job retries it", "probe" if args.probe else "pull")
+        _write_outcome(args.termination_log, {"result": "Crashed", "message": f"{type(err).__name__}: {err}"})
+        return PULL_CRASHED_EXIT_CODE
     _write_outcome(args.termination_log, outcome)
     print(json.dumps(outcome, sort_keys=True))
     return 0

@@ -116,7 +116,7 @@ class Cluster:
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached",
                  "lastProbeTime": now, "lastTransitionTime": now}]}})
 
-    def fail_job(self, name: str, reason: str = "PodFailurePolicy", message: str = "container pull exited 1") -> None:
+    def fail_job(self, name: str, reason: str = "PodFailurePolicy", message: str = "container pull exited 3") -> None:
         now = _now()
         self.batch.patch_namespaced_job_status(name, self.ns, {"status": {
             "active": 0, "failed": 1, "startTime": self._start_time(name), "ready": 0, "terminating": 0,

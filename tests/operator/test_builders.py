@@ -155,7 +155,10 @@ def test_pull_job_follows_the_puller_contract() -> None:
     spec = job["spec"]
     assert spec["backoffLimit"] == SETTINGS.pull_backoff_limit
     assert spec["ttlSecondsAfterFinished"] == SETTINGS.pull_ttl_s
-    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    fail_job = spec["podFailurePolicy"]["rules"][0]
+    assert fail_job["action"] == "FailJob"
+    # Only the puller's reported failures end the Job; a crash (exit 1, a signal) is retried.
+    assert fail_job["onExitCodes"]["values"] == [3] and 1 not in fail_job["onExitCodes"]["values"]
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["serviceAccountName"] == "lm-qwen-puller"

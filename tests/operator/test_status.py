@@ -75,7 +75,7 @@ def test_download_progress_text(download: Download, text: str) -> None:
 def test_failed_pull_carries_the_pullers_reason() -> None:
     lm = model(status={"download": {"result": "Failed", "reason": "ChecksumMismatch",
                                     "message": "sha256 of the file is 00ff…, expected aaaa…"}})
-    status = derive(lm, finished_job(job_name(lm), "Failed", "PodFailurePolicy", "container pull exited 1"))
+    status = derive(lm, finished_job(job_name(lm), "Failed", "PodFailurePolicy", "container pull exited 3"))
     assert status["phase"] == "Failed"
     assert status["progress"] == "failed"
     assert conditions(status)["WeightsReady"] == ("False", "ChecksumMismatch")

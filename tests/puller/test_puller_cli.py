@@ -80,7 +80,7 @@ def test_failure_writes_reason_without_traceback_or_secret(http_faults: FaultyHT
         "--termination-log", str(log),
         env={"BEARER_TOKEN": "wrong-token-value"},
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 3
     outcome = json.loads(log.read_text())
     assert outcome["result"] == "Failed" and outcome["reason"] == "Unauthorized" and "HTTP 401" in outcome["message"]
     assert "Traceback" not in proc.stderr and "Unauthorized" in proc.stderr
@@ -110,7 +110,7 @@ def test_a_pvc_source_is_checked_in_place(tmp_path: Path) -> None:
     assert sorted(p.name for p in volume.iterdir()) == ["llama"]  # nothing written to the user's volume
     (volume / "escape.gguf").symlink_to(tmp_path / "outside.gguf")
     escaped = run_pull("--source", json.dumps({"pvc": {"claimName": "c", "path": "escape.gguf"}}), "--dest", str(volume))
-    assert escaped.returncode == 1 and "outside the volume" in escaped.stderr
+    assert escaped.returncode == 3 and "outside the volume" in escaped.stderr
 
 
 def test_report_to_patches_the_localmodel_status(
@@ -148,5 +148,27 @@ def test_an_unwritable_volume_is_reported_not_crashed(http_faults: FaultyHTTPSer
     log = tmp_path / "termination-log"
     proc = run_pull("--source", json.dumps({"url": f"{http_faults.base_url}/m.gguf"}), "--dest", str(volume),
                     "--termination-log", str(log))  # fmt: skip
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert json.loads(log.read_text())["reason"] == "InsufficientStorage"
+
+
+def test_a_crash_exits_apart_from_a_reported_failure_so_the_job_retries_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ESTALE on NFS is no reason to give up: the Job's podFailurePolicy fails only reported failures."""
+    import errno
+
+    from localmodel_server.contract import PULL_CRASHED_EXIT_CODE, PULL_REPORTED_FAILURE_EXIT_CODE
+    from localmodel_server.puller import cli
+
+    def stale(*_: object) -> None:
+        raise OSError(errno.ESTALE, "Stale file handle")
+
+    monkeypatch.setattr(cli, "pull", stale)
+    log = tmp_path / "termination-log"
+    code = cli.main(["--source", json.dumps({"url": "https://models.test/m.gguf"}), "--dest", str(tmp_path / "m"),
+                     "--termination-log", str(log)])  # fmt: skip
+    assert code == PULL_CRASHED_EXIT_CODE != PULL_REPORTED_FAILURE_EXIT_CODE
+    outcome = json.loads(log.read_text())
+    assert outcome == {"result": "Crashed", "message": "OSError: [Errno 116] Stale file handle"}
+    assert "crashed; the Job retries it" in caplog.text
