@@ -16,6 +16,7 @@ from support.puller_gguf import write_gguf
 from support.s3_moto import REGION, MotoS3
 from support.status_capture import StatusCaptureServer
 
+from localmodel_server.contract import PULL_REPORTED_FAILURE_EXIT_CODE
 from localmodel_server.puller import PullError, Reason, RetryPolicy, parse_source, probe
 from localmodel_server.puller.progress import probe_status
 
@@ -51,7 +52,7 @@ def test_a_missing_file_fails_the_probe_like_a_pull(
     log = tmp_path / "termination-log"
     proc = run_probe("--source", json.dumps({"url": f"{http_faults.base_url}/m.gguf"}),
                      "--report-to", "team-a/llama3", "--termination-log", str(log))  # fmt: skip
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == PULL_REPORTED_FAILURE_EXIT_CODE and "Traceback" not in proc.stderr
     outcome = json.loads(log.read_text())
     assert outcome["result"] == "Failed" and outcome["reason"] == "SourceNotFound" and "HTTP 404" in outcome["message"]
     final = status_capture.patches[-1].body["status"]["download"]
