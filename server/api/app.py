@@ -20,10 +20,14 @@ from ..runtime import ModelRuntime
 from ..serving.chat import ChatService
 from ..serving.completions import CompletionService
 from ..serving.embeddings import EmbeddingService
+from ..serving.defaults import RequestDefaults
 from ..serving.models import ModelsService
+from ..serving.ollama import OllamaService
+from ..serving.ollama_models import OllamaModels
 from ..settings import ServerSettings
 from .errors import error_response, install_error_handlers
 from .middleware import RequestObserver
+from .ollama import install_ollama_api
 
 
 def json_response(model) -> Response:
@@ -55,15 +59,20 @@ def create_app(settings: ServerSettings, *, runtime: ModelRuntime | None = None)
     completions = CompletionService(runtime, metrics)
     embeddings = EmbeddingService(runtime, metrics)
     models = ModelsService(runtime)
+    defaults = RequestDefaults.beside(settings.model_path)
+    install_ollama_api(app, OllamaService(runtime, chat, completions, embeddings, defaults),
+                       OllamaModels(runtime, defaults))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
+        req = defaults.apply(req)
         if req.stream:
             return sse(await chat.stream(req))
         return json_response(await chat.complete(req, request))
 
     @app.post("/v1/completions")
     async def text_completions(req: CompletionRequest, request: Request) -> Response:
+        req = defaults.apply(req)
         if req.stream:
             return sse(await completions.stream(req))
         return json_response(await completions.complete(req, request))

@@ -26,6 +26,8 @@ def endpoint_label(path: str) -> str:
         return _ENDPOINTS[path]
     if path.startswith("/v1/models"):
         return "models"
+    if path.startswith("/api/"):
+        return "ollama"
     return "other"
 
 
@@ -43,7 +45,7 @@ class RequestObserver:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not scope["path"].startswith(("/v1/", "/api/")):
             await self.app(scope, receive, send)
             return
         endpoint = endpoint_label(scope["path"])

@@ -50,19 +50,21 @@ class ChatService(g.GenerationService):
     async def complete(self, req: ChatCompletionRequest, request: Request) -> ChatCompletion:
         plan, forced = self._prepare(req)
         result, finished = await self._complete(plan, request)
-        calls = parse_tool_calls(result.text, req) if (forced or req.tools) else None
-        if calls:
-            message = ResponseMessage(content=None, tool_calls=calls)
-            reason = "tool_calls"
-        else:
-            message = ResponseMessage(content=result.text)
-            reason = "length" if finished.reason == "length" else "stop"
+        message, reason = self.answer(req, forced, result.text, finished)
         return ChatCompletion(
             id=g.new_id("chatcmpl"), created=g.now(), model=self.runtime.settings.model_id,
             choices=[ChatChoice(message=message, finish_reason=reason,
                                 logprobs=self._logprobs(result.tokens) if req.logprobs else None)],
             usage=g.usage(finished),
         )
+
+    @staticmethod
+    def answer(req: ChatCompletionRequest, forced: bool, text: str, finished: g.Finished) -> tuple[ResponseMessage, str]:
+        """The assistant message and finish reason of a whole output: tool calls or prose."""
+        calls = parse_tool_calls(text, req) if (forced or req.tools) else None
+        if calls:
+            return ResponseMessage(content=None, tool_calls=calls), "tool_calls"
+        return ResponseMessage(content=text), "length" if finished.reason == "length" else "stop"
 
     async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
         """Validate now (errors become HTTP statuses), then return the SSE body."""

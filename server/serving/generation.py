@@ -91,6 +91,7 @@ class Collected:
     text: str = ""
     tokens: list[TokenOut] = field(default_factory=list)
     finished: Finished | None = None
+    first_token_at: float | None = None  # perf_counter() when the first text arrived
 
 
 async def collect(gen: Generation, request: Request, on_first_token: Any = None) -> Collected:
@@ -101,8 +102,10 @@ async def collect(gen: Generation, request: Request, on_first_token: Any = None)
     try:
         async for event in gen:
             if isinstance(event, Delta):
-                if not parts and on_first_token:
-                    on_first_token()
+                if not parts:
+                    out.first_token_at = time.perf_counter()
+                    if on_first_token:
+                        on_first_token()
                 parts.append(event.text)
                 out.tokens.extend(event.tokens)
             else:
