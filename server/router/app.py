@@ -28,6 +28,7 @@ from .auth import ApiKeys
 from .balancer import Balancer
 from .http1 import Exchange, HTTPServer
 from .metrics import UNROUTED, RouterMetrics
+from .ollama import PREFIX as OLLAMA_PREFIX, OllamaFront
 from .proxy import Proxy, forward_header_block
 from .routes import RouteTable
 from .upstream import UpstreamPool
@@ -90,6 +91,7 @@ class Router:
         # False until discovery has read its source once (the file, or the first list of LocalModels).
         self.discovered = False
         self._proxy: Proxy | None = None
+        self.ollama = OllamaFront(self)
 
     def publish(self, table: RouteTable) -> None:
         """Swap in a new route table (atomic for the hot path: one attribute store)."""
@@ -119,6 +121,9 @@ class Router:
                 if method != b"POST":
                     raise method_not_allowed(method.decode("latin-1"), path)
                 await self._inference(exchange)
+                return
+            if path.startswith(OLLAMA_PREFIX):
+                await self.ollama.handle(exchange)
                 return
             if method not in (b"GET", b"HEAD"):
                 if path in (MODELS_PATH, "/healthz", "/readyz", "/metrics") or path.startswith(_MODEL_PREFIX):
