@@ -9,10 +9,13 @@ from localmodel_operator.build_pod import (
     container_security_context, pod_security_context, scratch_mount, scratch_volume, volume_mounts, volumes,
 )
 from localmodel_operator.settings import OperatorSettings
-from localmodel_operator.spec import LocalModel
+from localmodel_operator.spec import REGISTRY_KINDS, LocalModel
 from localmodel_server.contract import PULL_REPORTED_FAILURE_EXIT_CODE
 
 TERMINATION_LOG = "/dev/termination-log"
+# A registry source's .dockerconfigjson Secret is mounted here as config.json (DOCKER_CONFIG's layout).
+DOCKER_CONFIG_DIR = "/var/run/localmodel/docker"
+_DOCKER_CONFIG_VOLUME = "registry-auth"
 PULLER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}}
 
 
@@ -109,7 +112,14 @@ def _job(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
-    if source.secret_name:
+    if source.secret_name and source.kind in REGISTRY_KINDS:
+        # Its key `.dockerconfigjson` is no environment variable name: mount it as a Docker config file.
+        container["env"].append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR})
+        mounts = [*mounts, {"name": _DOCKER_CONFIG_VOLUME, "mountPath": DOCKER_CONFIG_DIR, "readOnly": True}]
+        container["volumeMounts"] = mounts
+        pod_volumes = [*pod_volumes, {"name": _DOCKER_CONFIG_VOLUME, "secret": {
+            "secretName": source.secret_name, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}]
+    elif source.secret_name:
         container["envFrom"] = [{"secretRef": {"name": source.secret_name}}]
     labels = meta.labels(model.name, meta.PULLER_COMPONENT)
     return {

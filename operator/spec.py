@@ -15,7 +15,9 @@ from typing import Any
 
 from localmodel_operator.meta import MODELS_DIR
 
-SOURCE_KINDS = ("hf", "url", "s3", "pvc")
+SOURCE_KINDS = ("hf", "url", "s3", "pvc", "ollama", "oci")
+# Sources fetched from an OCI-distribution registry: credentials are a .dockerconfigjson Secret.
+REGISTRY_KINDS = ("ollama", "oci")
 # The puller's own contract for --source: these keys and nothing else.
 _PULLER_SOURCE_KEYS = (*SOURCE_KINDS, "sha256")
 DOWNLOADED_FILE = "model.gguf"
@@ -74,6 +76,10 @@ class Source:
             return f"url:{_host_and_file(value)}"
         if kind == "s3":
             return f"s3://{value['bucket']}/{value['key']}"
+        if kind == "ollama":
+            return f"ollama:{value['model']}"
+        if kind == "oci":
+            return f"oci:{value['ref']}"
         return f"pvc:{value['claimName']}/{value['path']}"
 
 

@@ -8,6 +8,7 @@ pytest_plugins: list[str] = [
     "support.controlplane",
     "support.http_faults",
     "support.fake_hub",
+    "support.fake_registry",
     "support.s3_moto",
     "support.status_capture",
     "support.router_procs",

@@ -51,7 +51,7 @@ def probe(source: ModelSource, sink: ProgressSink | None = None, policy: RetryPo
         raise ValueError("a pvc source is used in place: there is nothing to probe")
     sink = sink or NullSink()
     try:
-        remote = _resolve(source)
+        remote = _resolve(source, policy or RetryPolicy())
         _expected_sha256(source.sha256, remote.sha256)
         size = remote.size if remote.size is not None else remote_size(remote.request, policy or RetryPolicy())
     except PullError as err:
@@ -76,7 +76,7 @@ def _download(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: 
         gguf = read_gguf_info(store.model_path)
         return PullResult(str(store.model_path), marker.size_bytes, marker.sha256, gguf, 0, "present")
 
-    remote = _resolve(source)
+    remote = _resolve(source, policy)
     expected = _expected_sha256(source.sha256, remote.sha256)
     store.forget_marker()
     partial = store.partial({"source": identity, "remote": remote.version})
@@ -90,12 +90,12 @@ def _download(source: ModelSource, store: ModelDir, sink: ProgressSink, policy: 
     except PullError:
         partial.discard()
         raise
-    store.install(partial, Marker(identity, fetched.size, fetched.sha256, gguf.to_status()))
+    store.install(partial, Marker(identity, fetched.size, fetched.sha256, gguf.to_status(), remote.defaults))
     log.info("installed %s (%d bytes, sha256 %s)", store.model_path, fetched.size, fetched.sha256)
     return PullResult(str(store.model_path), fetched.size, fetched.sha256, gguf, fetched.received, "downloaded")
 
 
-def _resolve(source: ModelSource) -> RemoteFile:
+def _resolve(source: ModelSource, policy: RetryPolicy) -> RemoteFile:
     # Imported here so that a URL pull does not load boto3 or huggingface_hub.
     if source.hf is not None:
         from .hf import resolve_hf
@@ -105,6 +105,10 @@ def _resolve(source: ModelSource) -> RemoteFile:
         from .s3 import resolve_s3
 
         return resolve_s3(source.s3)
+    if source.ollama is not None or source.oci is not None:
+        from .oci import resolve_oci
+
+        return resolve_oci(source.registry_reference(), policy)
     from .url import resolve_url
 
     assert source.url is not None

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .oci_names import Reference, parse_ollama_name, parse_oci_ref
+
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -99,13 +101,45 @@ class PvcSource(_Spec):
         return value
 
 
+class OllamaSource(_Spec):
+    model: str = Field(description="an Ollama model name: [host/namespace/]model[:tag], e.g. llama3.2:1b")
+    registry: str | None = Field(None, description="a mirror's URL, replacing the name's registry")
+    insecure: bool = Field(False, description="allow a plain http:// registry, as ollama pull --insecure")
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> OllamaSource:
+        self.reference()
+        return self
+
+    def reference(self) -> Reference:
+        return parse_ollama_name(self.model, self.registry, self.insecure)
+
+
+class OciSource(_Spec):
+    ref: str = Field(description="[registry/]namespace/name[:tag][@sha256:digest] of a GGUF OCI artifact")
+    insecure: bool = Field(False, description="talk plain http:// to the registry (a local or in-cluster one)")
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> OciSource:
+        self.reference()
+        return self
+
+    def reference(self) -> Reference:
+        return parse_oci_ref(self.ref, self.insecure)
+
+
+KINDS = ("hf", "url", "s3", "pvc", "ollama", "oci")
+
+
 class ModelSource(_Spec):
-    """Exactly one of hf, url, s3, pvc; plus the optional expected sha256."""
+    """Exactly one of hf, url, s3, pvc, ollama, oci; plus the optional expected sha256."""
 
     hf: HfSource | None = None
     url: str | None = None
     s3: S3Source | None = None
     pvc: PvcSource | None = None
+    ollama: OllamaSource | None = None
+    oci: OciSource | None = None
     sha256: str | None = None
     secret_ref: dict[str, Any] | None = Field(None, alias="secretRef")  # mounted as env by the Job
 
@@ -125,14 +159,20 @@ class ModelSource(_Spec):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        given = [name for name in ("hf", "url", "s3", "pvc") if getattr(self, name) is not None]
+        given = [name for name in KINDS if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"source needs exactly one of hf, url, s3, pvc (got {', '.join(given) or 'none'})")
+            raise ValueError(f"source needs exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'})")
         return self
 
     @property
     def kind(self) -> str:
-        return next(name for name in ("hf", "url", "s3", "pvc") if getattr(self, name) is not None)
+        return next(name for name in KINDS if getattr(self, name) is not None)
+
+    def registry_reference(self) -> Reference:
+        """Where an ollama or oci source's manifest lives."""
+        spec = self.ollama or self.oci
+        assert spec is not None
+        return spec.reference()
 
     def identity(self) -> dict[str, Any]:
         """What the bytes depend on, in canonical form: the marker records it.
@@ -151,6 +191,9 @@ class ModelSource(_Spec):
             return redact_url(self.url)
         if self.s3 is not None:
             return f"s3://{self.s3.bucket}/{self.s3.key}"
+        if self.ollama is not None or self.oci is not None:
+            ref = self.registry_reference()
+            return f"{self.kind}://{ref.host}/{ref.repository}:{ref.reference}"
         assert self.pvc is not None
         return f"pvc://{self.pvc.claim_name}/{self.pvc.path}"
 

@@ -53,18 +53,20 @@ class Marker:
     size_bytes: int
     sha256: str
     gguf: dict[str, Any]
+    # Request defaults the model server applies (Ollama's params layer), in Ollama's option names.
+    defaults: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"source": self.source, "sizeBytes": self.size_bytes, "sha256": self.sha256, "gguf": self.gguf},
-            indent=2,
-            sort_keys=True,
-        )
+        data = {"source": self.source, "sizeBytes": self.size_bytes, "sha256": self.sha256, "gguf": self.gguf}
+        if self.defaults:
+            data["defaults"] = self.defaults
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Marker:
         data = json.loads(text)
-        return cls(data["source"], int(data["sizeBytes"]), str(data["sha256"]), dict(data["gguf"]))
+        return cls(data["source"], int(data["sizeBytes"]), str(data["sha256"]), dict(data["gguf"]),
+                   data.get("defaults"))
 
 
 def sha256_of_prefix(path: Path, length: int) -> hashlib._Hash:

@@ -176,7 +176,7 @@ def test_cel_rule_violation_uses_the_crd_message(tmp_path):
     bad.write_text(manifest("two", {"url": "https://example.com/x.gguf", **pvc("x.gguf")}))
     result = run_cli(tmp_path, "up", str(bad))
     assert result.returncode == 2
-    assert "spec.source: source must set exactly one of hf, url, s3 or pvc" in result.stderr
+    assert "spec.source: source must set exactly one of hf, url, s3, pvc, ollama or oci" in result.stderr
 
 
 def test_busy_port_is_a_clear_error(tmp_path, volume, two_models):

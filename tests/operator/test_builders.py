@@ -335,3 +335,21 @@ def test_a_changed_source_keeps_serving_the_old_weights_until_the_new_pull_succe
     assert rolled is not None and rolled.digest == lm.spec.source.digest
     annotations = build_server.deployment(lm, rolled, SETTINGS)["spec"]["template"]["metadata"]["annotations"]
     assert annotations["localmodel.dev/weights"] == lm.spec.source.digest
+
+
+@pytest.mark.parametrize("source", [{"oci": {"ref": "ghcr.io/acme/qwen:0.5b"}}, {"ollama": {"model": "qwen2.5:0.5b"}}])
+def test_registry_sources_get_their_pull_secret_as_a_docker_config(source: dict) -> None:
+    lm = model({"source": {**source, "secretRef": {"name": "regcred"}}})
+    assert lm.spec.source.kind in ("oci", "ollama")
+    assert lm.spec.source.summary() in ("oci:ghcr.io/acme/qwen:0.5b", "ollama:qwen2.5:0.5b")
+    for job in (build_puller.job(lm, SETTINGS), build_puller.probe_job(lm, SETTINGS)):
+        pull = container(job)
+        args = pull["args"]
+        assert json.loads(args[args.index("--source") + 1]) == source  # no secretRef in argv
+        assert "envFrom" not in pull  # `.dockerconfigjson` is no variable name
+        assert {"name": "DOCKER_CONFIG", "value": build_puller.DOCKER_CONFIG_DIR} in pull["env"]
+        mount = next(m for m in pull["volumeMounts"] if m["mountPath"] == build_puller.DOCKER_CONFIG_DIR)
+        volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+        assert mount["readOnly"] is True
+        assert volume["secret"] == {"secretName": "regcred",
+                                    "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}

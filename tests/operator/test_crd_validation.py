@@ -37,9 +37,9 @@ def rejection(models: CustomObjectsApi, namespace: str, body: dict[str, Any]) ->
 
 INVALID = [
     ("no source", local_model("m", {"servedName": "x"}), "spec.source: Required value"),
-    ("empty source", local_model("m", with_spec(source={})), "exactly one of hf, url, s3 or pvc"),
+    ("empty source", local_model("m", with_spec(source={})), "exactly one of hf, url, s3, pvc, ollama or oci"),
     ("two sources", local_model("m", with_spec(source={**HF, "url": "https://h/x.gguf"})),
-     "exactly one of hf, url, s3 or pvc"),
+     "exactly one of hf, url, s3, pvc, ollama or oci"),
     ("ftp url", local_model("m", with_spec(source={"url": "ftp://example.com/m.gguf"})), "must start with https://"),
     ("http url without sha256", local_model("m", with_spec(source={"url": "http://mirror.local/m.gguf"})),
      "plain http:// url needs source.sha256"),
@@ -82,6 +82,22 @@ INVALID = [
     ("zero parallel", local_model("m", with_spec(parallel=0)), "spec.parallel: Invalid value: 0"),
     ("gpu layers below -1", local_model("m", with_spec(gpuLayers=-2)), "spec.gpuLayers: Invalid value: -2"),
     ("owned flag in args", local_model("m", with_spec(args=["--port=9000"])), "use the spec fields instead"),
+    ("ollama name with two colons", local_model("m", with_spec(source={"ollama": {"model": "llama3.2:1b:x"}})),
+     "must be an Ollama model name"),
+    ("ollama name with four segments", local_model("m", with_spec(source={"ollama": {"model": "a/b/c/d"}})),
+     "must be an Ollama model name"),
+    ("ollama http mirror without insecure", local_model("m", with_spec(
+        source={"ollama": {"model": "llama3.2", "registry": "http://mirror.local:5000"}})),
+     "plain http:// only with insecure: true"),
+    ("ollama mirror with a path", local_model("m", with_spec(
+        source={"ollama": {"model": "llama3.2", "registry": "https://mirror.local/v2"}})),
+     "http(s)://host[:port] with no path"),
+    ("oci uppercase repository", local_model("m", with_spec(source={"oci": {"ref": "ghcr.io/Acme/Model:1"}})),
+     "must be an OCI reference"),
+    ("oci short digest", local_model("m", with_spec(source={"oci": {"ref": "ai/smollm2@sha256:abc"}})),
+     "must be an OCI reference"),
+    ("ollama and oci", local_model("m", with_spec(source={"ollama": {"model": "m"}, "oci": {"ref": "ai/m"}})),
+     "exactly one of hf, url, s3, pvc, ollama or oci"),
     ("unknown access mode", local_model("m", with_spec(storage={"accessModes": ["Everywhere"]})), "Unsupported value"),
 ]
 
@@ -102,6 +118,13 @@ VALID = {
     "s3 on minio": {"source": {"s3": {"bucket": "models", "key": "llama/x.gguf", "endpoint": "http://minio:9000",
                                       "region": "us-east-1"}, "secretRef": {"name": "s3"}}},
     "pvc": {"source": {"pvc": {"claimName": "shared-models", "path": "llama3/model.gguf"}}},
+    "ollama library name": {"source": {"ollama": {"model": "llama3.2:1b", "insecure": False}}},
+    "ollama host/namespace/name on an http mirror": {"source": {"ollama": {
+        "model": "registry.example:5000/team/qwen2.5:0.5b-instruct-q4_K_M", "registry": "http://10.0.0.7:5000",
+        "insecure": True}}},
+    "oci on docker hub": {"source": {"oci": {"ref": "ai/smollm2:360M-Q4_K_M", "insecure": False}}},
+    "oci by digest with a pull secret": {"source": {"oci": {
+        "ref": "ghcr.io/acme/models/qwen@sha256:" + "a" * 64, "insecure": False}, "secretRef": {"name": "regcred"}}},
     "everything": {
         "source": HF, "servedName": "qwen2.5:0.5b", "aliases": ["llama3", "gpt-4o-mini"], "contextSize": 2048,
         "parallel": 8, "gpuLayers": 20, "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": 4}},

@@ -30,7 +30,7 @@ def test_identity_is_canonical_and_ignores_the_secret() -> None:
 @pytest.mark.parametrize(
     ("source", "complaint"),
     [
-        ({}, "exactly one of hf, url, s3, pvc (got none)"),
+        ({}, "exactly one of hf, url, s3, pvc, ollama, oci (got none)"),
         ({"url": "https://x/m.gguf", "s3": {"bucket": "bkt", "key": "k"}}, "got url, s3"),
         ({"url": "ftp://example.com/m.gguf"}, "http:// or https://"),
         ({"url": "file:///etc/passwd"}, "http:// or https://"),
