@@ -11,6 +11,9 @@ puller's number includes what curl does not do: SHA-256 of every byte, the
 GGUF header check, fsync and the atomic rename.
 
 The "curl, then openssl dgst" row is the baseline doing the same integrity work.
+The OCI rows serve the same file as the model layer of an OCI artifact from
+tests/support/fake_registry.py (same process, same sendfile path): `pull()` of
+a `source.oci` (manifest, then the blob) against `curl -o` of that blob's URL.
 The resume row runs `localmodel-pull` as a subprocess, SIGKILLs it once half
 the file is on disk, restarts it, and counts the bytes the server sent.
 `--clients` adds raw streaming loops of the candidate HTTP clients (the
@@ -41,9 +44,11 @@ import numpy as np
 from gguf import GGUFWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.fake_registry import FakeRegistry  # noqa: E402
 from support.http_faults import FaultyHTTPServer  # noqa: E402
 
 from localmodel_server.puller import parse_source, pull  # noqa: E402
+from localmodel_server.puller.oci import DOCKER_GGUF  # noqa: E402
 from localmodel_server.puller.store import PARTIAL_FILE  # noqa: E402
 from localmodel_server.puller.writer import BLOCK_SIZE as BLOCK  # noqa: E402
 
@@ -67,6 +72,7 @@ class ServerProcess:
         self._process = multiprocessing.Process(target=_serve, args=(file, child), daemon=True)
         self._process.start()
         self.url: str = self._conn.recv()
+        self.oci_ref, self.blob_url = self._conn.recv()
 
     def bytes_served(self) -> int:
         self._conn.send("count")
@@ -81,8 +87,14 @@ def _serve(file: Path, conn: Any) -> None:
     server = FaultyHTTPServer().start()
     served = server.add_file("/m.gguf", file)
     conn.send(f"{server.base_url}/m.gguf")
+    registry = FakeRegistry(file.parent)
+    registry.start()
+    pushed = registry.push("bench/model", "v1", [(DOCKER_GGUF, file)])
+    layer = pushed.manifest["layers"][0]["digest"]
+    conn.send((f"{registry.host}/bench/model:v1", f"{registry.base_url}/v2/bench/model/blobs/{layer}"))
     while conn.recv() == "count":
         conn.send(served.bytes_served)
+    registry.stop()
     server.stop()
 
 
@@ -191,6 +203,8 @@ def main() -> None:
             "curl -o": lambda d: run_curl(url, d / "curl.out"),
             "curl -o, then openssl dgst -sha256": lambda d: run_curl_then_hash(url, d / "curl.out"),
             "pull() (localmodel-pull)": lambda d: run_puller(url, d),
+            "OCI blob: curl -o": lambda d: run_curl(server.blob_url, d / "curl.out"),
+            "OCI: pull() of source.oci": lambda d: pull(parse_source({"oci": {"ref": server.oci_ref, "insecure": True}}), d),
         }
         if args.clients:
             for name, loop in client_loops(url, root / "out" / "client.out").items():
@@ -213,11 +227,12 @@ def main() -> None:
     rate = {name: statistics.median(size / (1 << 20) / wall for wall, _ in r) for name, r in runs.items()}
     print(f"file: {size} bytes ({args.size_mib} MiB GGUF), {args.rounds} rounds, {os.cpu_count()} CPUs, "
           f"load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print("| contender | median MiB/s | ÷ curl | client CPU-s per GiB |")
+    print("| contender | median MiB/s | ÷ curl of the same URL kind | client CPU-s per GiB |")
     print("|---|---|---|---|")
     for name, r in runs.items():
         cpu = statistics.median(c for _, c in r) / gib
-        print(f"| {name} | {rate[name]:.0f} | {rate[name] / rate['curl -o']:.2f} | {cpu:.2f} |")
+        baseline = "OCI blob: curl -o" if name.startswith("OCI") else "curl -o"
+        print(f"| {name} | {rate[name]:.0f} | {rate[name] / rate[baseline]:.2f} | {cpu:.2f} |")
     print()
     print("| resume after SIGKILL at ≥50% | bytes |")
     print("|---|---|")

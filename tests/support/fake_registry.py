@@ -63,17 +63,20 @@ class FakeRegistry(FaultyHTTPServer):
         """
         entries, blobs = [], {}
         for kind, content in layers:
-            data = content.read_bytes() if isinstance(content, Path) else content
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            path = self.blob_dir / digest.replace(":", "-")
-            if kind == corrupt:
-                data = data[:-1] + bytes([data[-1] ^ 0xFF])  # still a GGUF: only the digest can tell
             if isinstance(content, Path) and kind != corrupt:
-                path = content
+                # Served from where it lies (the benchmark's GiB-sized blobs are never read into memory).
+                with content.open("rb") as f:
+                    digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+                path, size = content, content.stat().st_size
             else:
+                data = content.read_bytes() if isinstance(content, Path) else content
+                digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                if kind == corrupt:
+                    data = data[:-1] + bytes([data[-1] ^ 0xFF])  # still a GGUF: only the digest can tell
+                path, size = self.blob_dir / digest.replace(":", "-"), len(data)
                 path.write_bytes(data)
             blobs[kind] = self.add_file(f"/v2/{repo}/blobs/{digest}", path, (faults or {}).get(kind))
-            entries.append({"mediaType": kind, "digest": digest, "size": len(data)})
+            entries.append({"mediaType": kind, "digest": digest, "size": size})
         config = b"{}"
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
         (self.blob_dir / config_digest.replace(":", "-")).write_bytes(config)
