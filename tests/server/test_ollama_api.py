@@ -179,3 +179,20 @@ def test_embed_and_legacy_embeddings(embed_server):
     single = client.embeddings(model="tiny-embed:latest", prompt="one").embedding
     assert single == pytest.approx(vectors[0])
     assert client.embed(model="tiny-embed", input="one", dimensions=8).embeddings[0] == pytest.approx(vectors[0][:8])
+
+
+def test_marker_defaults_apply_to_both_apis_unless_the_request_sets_them(server_factory, chat_model, tmp_path):
+    # The puller writes an Ollama model's params layer into the marker beside model.gguf.
+    model = tmp_path / "model.gguf"
+    model.symlink_to(chat_model)
+    (tmp_path / "model.gguf.json").write_text(json.dumps({"defaults": {"num_predict": 4, "temperature": 0}}))
+    server = server_factory(model, "--served-name", "tiny-chat", "--context-size", "256", "--parallel", "1")
+    v1 = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Tell me a long story"}]
+    assert v1.chat.completions.create(model="tiny-chat", messages=messages).usage.completion_tokens == 4
+    assert v1.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=6).usage.completion_tokens == 6
+    assert v1.completions.create(model="tiny-chat", prompt="Once").usage.completion_tokens == 4
+    api = ollama.Client(host=server.base_url)
+    assert api.chat(model="tiny-chat", messages=messages).eval_count == 4
+    assert api.chat(model="tiny-chat", messages=messages, options={"num_predict": 6}).eval_count == 6
+    assert "num_predict    4" in api.show("tiny-chat").parameters
