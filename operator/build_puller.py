@@ -9,8 +9,8 @@ from localmodel_operator.build_pod import (
     container_security_context, pod_security_context, scratch_mount, scratch_volume, volume_mounts, volumes,
 )
 from localmodel_operator.settings import OperatorSettings
-from localmodel_operator.spec import REGISTRY_KINDS, LocalModel
-from localmodel_server.contract import PULL_REPORTED_FAILURE_EXIT_CODE
+from localmodel_operator.spec import LocalModel
+from localmodel_server.contract import PULL_REPORTED_FAILURE_EXIT_CODE, REGISTRY_SOURCE_KINDS
 
 TERMINATION_LOG = "/dev/termination-log"
 # A registry source's .dockerconfigjson Secret is mounted here as config.json (DOCKER_CONFIG's layout).
@@ -112,7 +112,7 @@ def _job(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
-    if source.secret_name and source.kind in REGISTRY_KINDS:
+    if source.secret_name and source.kind in REGISTRY_SOURCE_KINDS:
         # Its key `.dockerconfigjson` is no environment variable name: mount it as a Docker config file.
         container["env"].append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR})
         mounts = [*mounts, {"name": _DOCKER_CONFIG_VOLUME, "mountPath": DOCKER_CONFIG_DIR, "readOnly": True}]

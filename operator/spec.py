@@ -15,9 +15,8 @@ from typing import Any
 
 from localmodel_operator.meta import MODELS_DIR
 
-SOURCE_KINDS = ("hf", "url", "s3", "pvc", "ollama", "oci")
-# Sources fetched from an OCI-distribution registry: credentials are a .dockerconfigjson Secret.
-REGISTRY_KINDS = ("ollama", "oci")
+from localmodel_server.contract import SOURCE_KINDS
+
 # The puller's own contract for --source: these keys and nothing else.
 _PULLER_SOURCE_KEYS = (*SOURCE_KINDS, "sha256")
 DOWNLOADED_FILE = "model.gguf"

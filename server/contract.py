@@ -21,6 +21,11 @@ NAME_PREFIX = "lm-"
 # On every child, and copied onto EndpointSlices from the Service.
 MODEL_LABEL = f"{API_GROUP}/model"
 
+# spec.source's kinds, exactly one per source; the registry kinds are fetched from an
+# OCI-distribution registry and take a .dockerconfigjson Secret as credentials.
+SOURCE_KINDS = ("hf", "url", "s3", "pvc", "ollama", "oci")
+REGISTRY_SOURCE_KINDS = ("ollama", "oci")
+
 
 # localmodel-pull's exit codes, which the pull Job's podFailurePolicy reads. A reported
 # failure (bad credentials, a checksum mismatch, no space) will not change on retry, so it

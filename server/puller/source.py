@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..contract import SOURCE_KINDS
 from .oci_names import Reference, parse_ollama_name, parse_oci_ref
 
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -128,9 +129,6 @@ class OciSource(_Spec):
         return parse_oci_ref(self.ref, self.insecure)
 
 
-KINDS = ("hf", "url", "s3", "pvc", "ollama", "oci")
-
-
 class ModelSource(_Spec):
     """Exactly one of hf, url, s3, pvc, ollama, oci; plus the optional expected sha256."""
 
@@ -159,14 +157,14 @@ class ModelSource(_Spec):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        given = [name for name in KINDS if getattr(self, name) is not None]
+        given = [name for name in SOURCE_KINDS if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"source needs exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'})")
+            raise ValueError(f"source needs exactly one of {', '.join(SOURCE_KINDS)} (got {', '.join(given) or 'none'})")
         return self
 
     @property
     def kind(self) -> str:
-        return next(name for name in KINDS if getattr(self, name) is not None)
+        return next(name for name in SOURCE_KINDS if getattr(self, name) is not None)
 
     def registry_reference(self) -> Reference:
         """Where an ollama or oci source's manifest lives."""
