@@ -28,7 +28,10 @@ class ServerSettings(BaseSettings):
     )
     parallel: int = Field(4, ge=1, le=256, description="Requests decoded together (slots).")
     queue_size: int = Field(64, ge=0, description="Requests waiting for a slot before new ones get 503.")
-    batch_size: int = Field(512, ge=32, description="Most tokens evaluated in one decode step.")
+    batch_size: int = Field(
+        512, ge=32, description="Most tokens evaluated in one decode step; raised to --parallel when smaller, "
+        "since every generating slot adds a token to each step.",
+    )
     threads: int = Field(os.cpu_count() or 1, ge=1, description="CPU threads (default: every core).")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 offloads all.")
     weight_repacking: bool = Field(

@@ -138,14 +138,18 @@ class BatchEngine:
     def __init__(self, model: LoadedModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
+        # Every generating slot adds one token to each step, so the batch must hold at least
+        # one token per slot; a smaller llama.cpp batch aborts the process (llama-server sizes
+        # it the same way).
+        self.batch_capacity = max(config.batch_size, config.parallel)
         self._ctx = model.new_context(
-            n_ctx=config.context_size * config.parallel, n_batch=config.batch_size,
-            n_ubatch=min(config.batch_size, 512), n_seq_max=config.parallel, threads=config.threads,
+            n_ctx=config.context_size * config.parallel, n_batch=self.batch_capacity,
+            n_ubatch=min(self.batch_capacity, 512), n_seq_max=config.parallel, threads=config.threads,
             kv_unified=False,
         )
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.context_per_sequence = llama_cpp.llama_n_ctx_seq(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(config.batch_size, 0, 1)
+        self._batch = llama_cpp.llama_batch_init(self.batch_capacity, 0, 1)
 
         self._cond = threading.Condition()
         self._waiting: collections.deque[Generation] = collections.deque()
@@ -266,7 +270,7 @@ class BatchEngine:
         for seq in active:
             if not seq.prefilling:
                 continue
-            room = self.config.batch_size - n
+            room = self.batch_capacity - n
             if room <= 0:
                 break
             chunk = seq.prompt[seq.n_past: seq.n_past + room]

@@ -126,3 +126,22 @@ def test_non_stream_disconnect_frees_the_slot(one_slot_server):
     assert wait_for(lambda: one_slot_server.metric("localmodel_busy_slots") == 0, timeout=5)
     # Nothing was counted as completed: the request was abandoned, not finished.
     assert one_slot_server.metric("localmodel_completion_tokens_total") == generated_before
+
+
+def test_more_slots_than_the_batch_size_serves_every_slot(server_factory, chat_model):
+    # Each generating slot adds a token to every step: 64 of them overflow a 32-token batch
+    # unless the engine sizes its batch for the slots (llama.cpp aborts the process otherwise).
+    server = server_factory(chat_model, "--served-name", "llama3", "--context-size", "256",
+                            "--parallel", "64", "--batch-size", "32")
+    try:
+        async def run() -> list[str]:
+            client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+            results = await asyncio.gather(*(client.chat.completions.create(
+                model="llama3", messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=8,
+            ) for i in range(64)))
+            return [r.choices[0].finish_reason for r in results]
+
+        assert asyncio.run(run()) == ["length"] * 64
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
