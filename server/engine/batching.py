@@ -9,8 +9,9 @@ short one and a cancelled request frees its slot at the next step.
 
 Each slot is a llama.cpp sequence with its own KV stream (`kv_unified=False`),
 so sequences never attend to each other. A slot keeps the KV of its last
-request; a new request goes to the free slot sharing the longest prompt
-prefix and only the rest of its prompt is evaluated (prefix caching).
+request; a new request goes to a free slot chosen by `slots.pick_slot` and
+only the part of its prompt that slot has not cached is evaluated (prefix
+caching).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import llama_cpp
 
 from .model import LoadedModel
 from .sampling import Sampler, SamplingParams, TokenLogprobs
+from .slots import common_prefix, pick_slot
 from .textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,8 @@ class BatchEngine:
         self._waiting: collections.deque[Generation] = collections.deque()
         self._slots: list[_Sequence | None] = [None] * config.parallel
         self._slot_cache: list[list[int]] = [[] for _ in range(config.parallel)]
+        self._slot_released = [0] * config.parallel  # a release counter's value, for least-recently-used
+        self._releases = 0
         self._running = True
         self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
         self._thread.start()
@@ -225,19 +229,16 @@ class BatchEngine:
             except ValueError as exc:
                 gen._emit(Finished("error", len(gen.request.prompt), 0, 0, error=str(exc)))
                 continue
-            slot = self._pick_slot(gen.request.prompt)
+            free = [i for i, s in enumerate(self._slots) if s is None]
+            slot = pick_slot(free, self._slot_cache, self._slot_released, gen.request.prompt)
             # Reuse the slot's cached prefix, but always evaluate at least the last
             # prompt token: its logits start the generation.
-            keep = min(_common_prefix(self._slot_cache[slot], gen.request.prompt), len(gen.request.prompt) - 1)
+            keep = min(common_prefix(self._slot_cache[slot], gen.request.prompt), len(gen.request.prompt) - 1)
             llama_cpp.llama_memory_seq_rm(self._mem, slot, keep, -1)
             self._slots[slot] = _Sequence(
                 gen=gen, slot=slot, sampler=sampler, text=TextStream(gen.request.stop),
                 n_past=keep, cached_tokens=keep,
             )
-
-    def _pick_slot(self, prompt: list[int]) -> int:
-        free = [i for i, s in enumerate(self._slots) if s is None]
-        return max(free, key=lambda i: _common_prefix(self._slot_cache[i], prompt))
 
     def _drop_cancelled(self) -> None:
         for seq in self._slots:
@@ -319,6 +320,8 @@ class BatchEngine:
             self._slot_cache[seq.slot] = []
         else:
             self._slot_cache[seq.slot] = seq.kv_tokens()
+        self._releases += 1
+        self._slot_released[seq.slot] = self._releases
         # The slot is free before the client hears that its request ended.
         with self._cond:
             self._slots[seq.slot] = None
@@ -327,10 +330,3 @@ class BatchEngine:
             seq.gen._emit(Delta(tail, seq.pending))
         seq.gen._emit(Finished(reason, len(seq.prompt), len(seq.generated), seq.cached_tokens, error))
 
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -53,3 +53,13 @@ def test_max_tokens_and_prefix_reuse_are_reported(engine):
     _, second = generate(engine, "the same prompt, twice", max_tokens=3)
     assert first.completion_tokens == second.completion_tokens == 3
     assert second.cached_tokens == second.prompt_tokens - 1
+
+
+def test_a_cold_request_leaves_the_other_slots_cache_alone(engine):
+    # Both prompts start with BOS; that alone must not send the second one into the first's slot.
+    a = "a first prompt about lighthouses, long enough to be worth caching"
+    b = "something entirely different: a recipe for bread and salt"
+    generate(engine, a)
+    generate(engine, b)
+    _, again = generate(engine, a)
+    assert again.cached_tokens == again.prompt_tokens - 1
