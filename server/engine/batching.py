@@ -234,7 +234,12 @@ class BatchEngine:
             # Reuse the slot's cached prefix, but always evaluate at least the last
             # prompt token: its logits start the generation.
             keep = min(common_prefix(self._slot_cache[slot], gen.request.prompt), len(gen.request.prompt) - 1)
-            llama_cpp.llama_memory_seq_rm(self._mem, slot, keep, -1)
+            if not llama_cpp.llama_memory_seq_rm(self._mem, slot, keep, -1):
+                # Recurrent, hybrid and sliding-window memory cannot drop just a suffix; the
+                # slot's state is then not the prefix's state, so start it from nothing.
+                llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                self._slot_cache[slot] = []
+                keep = 0
             self._slots[slot] = _Sequence(
                 gen=gen, slot=slot, sampler=sampler, text=TextStream(gen.request.stop),
                 n_past=keep, cached_tokens=keep,

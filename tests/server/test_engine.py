@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from localmodel_server.engine import batching
 from localmodel_server.engine.batching import BatchEngine, Delta, EngineConfig, Finished, GenerationRequest
 from localmodel_server.engine.model import LoadedModel
 from localmodel_server.engine.sampling import SamplingParams
@@ -63,3 +64,23 @@ def test_a_cold_request_leaves_the_other_slots_cache_alone(engine):
     generate(engine, b)
     _, again = generate(engine, a)
     assert again.cached_tokens == again.prompt_tokens - 1
+
+
+def test_a_cache_that_cannot_be_trimmed_is_cleared_and_the_prompt_evaluated_again(engine, monkeypatch):
+    prompt = "a prompt whose slot keeps state that cannot be partly removed"
+    reference, _ = generate(engine, prompt)
+    real = batching.llama_cpp.llama_memory_seq_rm
+    trims = []
+
+    def recurrent_memory(mem, seq, p0, p1):
+        # Like llama.cpp's recurrent memory: removing only a suffix fails and changes nothing.
+        if p0 > 0:
+            trims.append(p0)
+            return False
+        return real(mem, seq, p0, p1)
+
+    monkeypatch.setattr(batching.llama_cpp, "llama_memory_seq_rm", recurrent_memory)
+    again, finished = generate(engine, prompt)
+    assert trims, "the cached prefix was never trimmed"
+    assert finished.cached_tokens == 0
+    assert again == reference
