@@ -201,8 +201,11 @@ class BatchEngine:
                     self._cond.wait()
                 if not self._running:
                     break
-                self._admit()
+                admitted = self._take_waiting()
+            # Admitted outside the lock: a grammar sampler can take long to build, and
+            # submit() on the event loop waits for this lock.
             try:
+                self._admit(admitted)
                 self._drop_cancelled()
                 if self.busy_slots:
                     self._step()
@@ -218,9 +221,13 @@ class BatchEngine:
         for gen in self._waiting:
             gen._emit(Finished("cancelled", len(gen.request.prompt), 0, 0))
 
-    def _admit(self) -> None:
-        while self._waiting and None in self._slots:
-            gen = self._waiting.popleft()
+    def _take_waiting(self) -> list[Generation]:
+        """Pop as many waiting requests as there are free slots (called under the lock)."""
+        free = self.config.parallel - self.busy_slots
+        return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+
+    def _admit(self, admitted: list[Generation]) -> None:
+        for gen in admitted:
             if gen.cancelled:
                 gen._emit(Finished("cancelled", len(gen.request.prompt), 0, 0))
                 continue
@@ -240,10 +247,12 @@ class BatchEngine:
                 llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
                 self._slot_cache[slot] = []
                 keep = 0
-            self._slots[slot] = _Sequence(
+            seq = _Sequence(
                 gen=gen, slot=slot, sampler=sampler, text=TextStream(gen.request.stop),
                 n_past=keep, cached_tokens=keep,
             )
+            with self._cond:
+                self._slots[slot] = seq
 
     def _drop_cancelled(self) -> None:
         for seq in self._slots:

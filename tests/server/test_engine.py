@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
+from llama_cpp.llama_grammar import JSON_GBNF
 
 from localmodel_server.engine import batching
 from localmodel_server.engine.batching import BatchEngine, Delta, EngineConfig, Finished, GenerationRequest
@@ -84,3 +86,36 @@ def test_a_cache_that_cannot_be_trimmed_is_cleared_and_the_prompt_evaluated_agai
     assert trims, "the cached prefix was never trimmed"
     assert finished.cached_tokens == 0
     assert again == reference
+
+
+def test_submit_is_not_blocked_while_a_grammar_sampler_builds(engine, monkeypatch):
+    building, release = threading.Event(), threading.Event()
+
+    class SlowGrammarSampler(batching.Sampler):
+        def __init__(self, model, params):
+            if params.grammar is not None:
+                building.set()
+                release.wait(30)
+            super().__init__(model, params)
+
+    monkeypatch.setattr(batching, "Sampler", SlowGrammarSampler)
+    # Unblocks the build even if submit() below hangs, so a failure cannot hang the run.
+    watchdog = threading.Timer(10, release.set)
+    watchdog.start()
+
+    async def run() -> tuple[bool, list[Finished]]:
+        tokens = engine.model.tokenize("json please")
+        with_grammar = engine.submit(GenerationRequest(tokens, SamplingParams(temperature=0, grammar=JSON_GBNF), 4))
+        await asyncio.to_thread(building.wait, 10)
+        plain = engine.submit(GenerationRequest(tokens, SamplingParams(temperature=0), 4))
+        submitted_while_building = not release.is_set()
+        release.set()
+        done = [[e async for e in gen][-1] for gen in (with_grammar, plain)]
+        return submitted_while_building, done
+
+    try:
+        submitted_while_building, done = asyncio.run(run())
+    finally:
+        watchdog.cancel()
+    assert building.is_set() and submitted_while_building
+    assert [f.reason for f in done] == ["length", "length"]
