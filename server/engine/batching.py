@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -152,6 +153,7 @@ class BatchEngine:
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.context_per_sequence = llama_cpp.llama_n_ctx_seq(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.batch_capacity, 0, 1)
+        self._decode = llama_cpp.llama_decode  # a seam: tests inject decode failures
 
         self._cond = threading.Condition()
         self._waiting: collections.deque[Generation] = collections.deque()
@@ -263,6 +265,9 @@ class BatchEngine:
         batch = self._batch
         n = 0
         logit_rows: list[tuple[int, _Sequence]] = []
+        # Per sequence: the batch row of its last token and how many tokens it has in the batch.
+        # A sequence's tokens are contiguous and only its last one can carry logits.
+        spans: list[tuple[_Sequence, int, int]] = []
 
         def add(token: int, pos: int, seq: _Sequence, logits: bool) -> None:
             nonlocal n
@@ -280,8 +285,8 @@ class BatchEngine:
         for seq in active:
             if not seq.prefilling:
                 add(seq.generated[-1], seq.n_past, seq, True)
+                spans.append((seq, n - 1, 1))
         # Then prompt chunks, within what is left of the batch.
-        prefill_counts: dict[int, int] = {}
         for seq in active:
             if not seq.prefilling:
                 continue
@@ -292,20 +297,47 @@ class BatchEngine:
             for offset, token in enumerate(chunk):
                 last = seq.n_past + offset == len(seq.prompt) - 1
                 add(token, seq.n_past + offset, seq, last)
-            prefill_counts[seq.slot] = len(chunk)
-        batch.n_tokens = n
+            spans.append((seq, n - 1, len(chunk)))
 
-        status = llama_cpp.llama_decode(self._ctx, batch)
-        if status != 0:
-            log.error("llama_decode failed with status %d for a batch of %d tokens", status, n)
-            for seq in active:
-                self._finish(seq, "error", error=f"decoding failed (llama.cpp status {status})", reset_cache=True)
-            return
+        start, size = 0, n
+        while start < n:
+            size = min(size, n - start)
+            status = self._decode(self._ctx, self._view(start, size))
+            if status == 1 and size > 1:
+                # No room in the KV cache for this many tokens: retry with half, as
+                # llama-server does, before failing anyone.
+                log.warning("llama_decode found no KV room for %d tokens; retrying with %d", size, size // 2)
+                size //= 2
+                continue
+            if status != 0:
+                log.error("llama_decode failed with status %d for a batch of %d tokens", status, size)
+                for seq in active:
+                    if self._slots[seq.slot] is seq:  # not already finished by an earlier part
+                        self._finish(seq, "error", error=f"decoding failed (llama.cpp status {status})",
+                                     reset_cache=True)
+                return
+            end = start + size
+            for seq, last_row, count in spans:
+                if start <= last_row < end:
+                    seq.n_past += count
+            for row, seq in logit_rows:
+                if start <= row < end:
+                    self._sample(seq, row - start)
+            start = end
 
-        for seq in active:
-            seq.n_past += prefill_counts.get(seq.slot, 0 if seq.prefilling else 1)
-        for row, seq in logit_rows:
-            self._sample(seq, row)
+    def _view(self, start: int, size: int) -> llama_cpp.llama_batch:
+        """Rows [start, start + size) of the step's batch, sharing its arrays."""
+        whole = self._batch
+        if start == 0:
+            whole.n_tokens = size
+            return whole
+        view = llama_cpp.llama_batch()
+        view.n_tokens = size
+        for name in ("token", "pos", "n_seq_id", "seq_id", "logits"):
+            array = getattr(whole, name)
+            address = ctypes.addressof(array.contents) + start * ctypes.sizeof(array._type_)
+            setattr(view, name, ctypes.cast(address, type(array)))
+        return view
 
     def _sample(self, seq: _Sequence, row: int) -> None:
         token = seq.sampler.sample(self._ctx, row)

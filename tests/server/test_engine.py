@@ -119,3 +119,29 @@ def test_submit_is_not_blocked_while_a_grammar_sampler_builds(engine, monkeypatc
         watchdog.cancel()
     assert building.is_set() and submitted_while_building
     assert [f.reason for f in done] == ["length", "length"]
+
+
+def test_a_decode_without_kv_room_is_retried_with_half_the_batch(engine, monkeypatch):
+    prompts = ["the first of two prompts decoded together", "and the second one, a little longer than that"]
+
+    async def together(texts: list[str]) -> list[tuple[str, Finished]]:
+        async def one(text: str) -> tuple[str, Finished]:
+            request = GenerationRequest(engine.model.tokenize(text), SamplingParams(temperature=0), 6)
+            events = [event async for event in engine.submit(request)]
+            return "".join(e.text for e in events if isinstance(e, Delta)), events[-1]
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    references = [text for text, _ in asyncio.run(together(prompts))]
+    # Fill both slots with other prompts, so the next round evaluates its prompts whole.
+    asyncio.run(together(["unrelated words to evict the cache", "more unrelated words to evict the other"]))
+    real, sizes = engine._decode, []
+
+    def kv_holds_four_tokens(ctx, batch):
+        sizes.append(batch.n_tokens)
+        return 1 if batch.n_tokens > 4 else real(ctx, batch)  # 1: llama.cpp found no KV slot
+
+    monkeypatch.setattr(engine, "_decode", kv_holds_four_tokens)
+    results = asyncio.run(together(prompts))
+    assert any(size > 4 for size in sizes), "no batch was ever too large"
+    assert [f.reason for _, f in results] == ["length", "length"]
+    assert [text for text, _ in results] == references
