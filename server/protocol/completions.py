@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator
 
 from .common import Usage
 from .sampling import SamplingFields
@@ -12,10 +12,10 @@ from .sampling import SamplingFields
 
 class CompletionRequest(SamplingFields):
     # Token-id prompts are accepted too, as OpenAI does.
-    prompt: str | list[str] | list[int]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
-    echo: bool = False
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    prompt: str | list[str] | list[StrictInt]
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = 16
+    echo: StrictBool = False
+    logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     suffix: str | None = None
 
     @field_validator("prompt")

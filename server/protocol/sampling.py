@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from .common import StreamOptions
 
@@ -13,20 +13,20 @@ MAX_STOP_SEQUENCES = 16
 
 class SamplingFields(BaseModel):
     model: str = Field(min_length=1)
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 1.0
     # llama.cpp extensions that many clients send; OpenAI ignores neither.
-    top_k: Annotated[int, Field(ge=0)] = 0
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
-    seed: int | None = None
-    n: int = 1
+    top_k: Annotated[StrictInt, Field(ge=0)] = 0
+    min_p: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    frequency_penalty: Annotated[StrictFloat, Field(ge=-2.0, le=2.0)] = 0.0
+    presence_penalty: Annotated[StrictFloat, Field(ge=-2.0, le=2.0)] = 0.0
+    seed: StrictInt | None = None
+    n: StrictInt = 1
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: dict[str, Annotated[StrictFloat, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
 
     @field_validator("n")

@@ -48,6 +48,28 @@ CASES = [
     ("embeddings on a chat model", "/v1/embeddings", {"model": "llama3", "input": "x"}, 400, "unsupported_model", "model"),
     ("empty embedding input", "/v1/embeddings", {"model": "llama3", "input": []}, 400, "invalid_value", "input"),
     ("unknown path", "/v1/nothing", {"model": "llama3"}, 404, "not_found", None),
+    # Booleans and integers are strict, as OpenAI's are: no "yes", "1" or 1.0 coerced.
+    ("stream as a string", "/v1/chat/completions", {"model": "llama3", "messages": USER, "stream": "yes"},
+     400, "invalid_value", "stream"),
+    ("stream as a number", "/v1/completions", {"model": "llama3", "prompt": "x", "stream": 1},
+     400, "invalid_value", "stream"),
+    ("max_tokens as a string", "/v1/chat/completions", {"model": "llama3", "messages": USER, "max_tokens": "5"},
+     400, "invalid_value", "max_tokens"),
+    ("max_tokens as a float", "/v1/completions", {"model": "llama3", "prompt": "x", "max_tokens": 5.0},
+     400, "invalid_value", "max_tokens"),
+    ("seed as a boolean", "/v1/chat/completions", {"model": "llama3", "messages": USER, "seed": True},
+     400, "invalid_value", "seed"),
+    ("logprobs as a number", "/v1/chat/completions", {"model": "llama3", "messages": USER, "logprobs": 1},
+     400, "invalid_value", "logprobs"),
+    ("include_usage as a string", "/v1/chat/completions",
+     {"model": "llama3", "messages": USER, "stream": True, "stream_options": {"include_usage": "true"}},
+     400, "invalid_value", "stream_options.include_usage"),
+    ("echo as a string", "/v1/completions", {"model": "llama3", "prompt": "x", "echo": "true"},
+     400, "invalid_value", "echo"),
+    ("temperature as a string", "/v1/chat/completions", {"model": "llama3", "messages": USER, "temperature": "0.5"},
+     400, "invalid_value", "temperature"),
+    ("dimensions as a string", "/v1/embeddings", {"model": "llama3", "input": "x", "dimensions": "3"},
+     400, "invalid_value", "dimensions"),
 ]
 
 
@@ -119,3 +141,17 @@ def test_sdk_maps_errors_to_typed_exceptions(chat_server):
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="llama3", messages=[])
     assert bad.value.param == "messages"
+
+
+def test_sdk_gets_400_for_a_non_boolean_stream(chat_server):
+    client = openai.OpenAI(base_url=f"{chat_server.base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="llama3", messages=USER, max_tokens=2, extra_body={"stream": "yes"})
+    assert bad.value.param == "stream"
+    assert bad.value.type == "invalid_request_error"
+
+
+def test_integral_numbers_are_accepted_where_floats_are_expected(chat_server):
+    response = httpx.post(f"{chat_server.base_url}/v1/chat/completions", json={
+        "model": "llama3", "messages": USER, "max_tokens": 2, "temperature": 1, "top_p": 1, "logit_bias": {"5": 1}})
+    assert response.status_code == 200, response.text
