@@ -27,7 +27,10 @@ class ServerSettings(BaseSettings):
         None, ge=16, description="Tokens per request, prompt plus completion (default: trained length, at most 4096)."
     )
     parallel: int = Field(4, ge=1, le=256, description="Requests decoded together (slots).")
-    queue_size: int = Field(64, ge=0, description="Requests waiting for a slot before new ones get 503.")
+    queue_size: int = Field(
+        512, ge=0, description="Requests waiting for a slot before new ones get 503 (Ollama's default too; "
+        "a waiting request holds only its body and tokens).",
+    )
     batch_size: int = Field(
         512, ge=32, description="Most tokens evaluated in one decode step; raised to --parallel when smaller, "
         "since every generating slot adds a token to each step.",

@@ -27,6 +27,7 @@ from typing import Literal
 import llama_cpp
 
 from .model import LoadedModel
+from .overload import CompletionRate
 from .sampling import Sampler, SamplingParams, TokenLogprobs
 from .slots import common_prefix, pick_slot
 from .textstream import TextStream
@@ -42,7 +43,7 @@ class EngineConfig:
     parallel: int  # slots decoded together
     threads: int
     batch_size: int = 512  # most tokens in one decode step; longer prompts are chunked
-    queue_size: int = 64  # requests waiting for a slot before new ones are refused
+    queue_size: int = 512  # requests waiting for a slot before new ones are refused
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ Event = Delta | Finished
 
 class QueueFull(Exception):
     """Every slot is busy and the waiting queue is at its limit."""
+
+    def __init__(self, queued: int, completions: int, span: float) -> None:
+        super().__init__(f"{queued} requests queued")
+        self.queued = queued
+        # Slot releases over the last `span` seconds: how fast the queue drains.
+        self.completions = completions
+        self.span = span
 
 
 class EngineStopped(Exception):
@@ -161,6 +169,7 @@ class BatchEngine:
         self._slot_cache: list[list[int]] = [[] for _ in range(config.parallel)]
         self._slot_released = [0] * config.parallel  # a release counter's value, for least-recently-used
         self._releases = 0
+        self.completion_rate = CompletionRate()
         self._running = True
         self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
         self._thread.start()
@@ -173,7 +182,7 @@ class BatchEngine:
             if not self._running:
                 raise EngineStopped()
             if len(self._waiting) >= self.config.queue_size and self.busy_slots >= self.config.parallel:
-                raise QueueFull()
+                raise QueueFull(len(self._waiting), *self.completion_rate.observed())
             self._waiting.append(gen)
             self._cond.notify()
         return gen
@@ -367,6 +376,7 @@ class BatchEngine:
         else:
             self._slot_cache[seq.slot] = seq.kv_tokens()
         self._releases += 1
+        self.completion_rate.record()
         self._slot_released[seq.slot] = self._releases
         # The slot is free before the client hears that its request ended.
         with self._cond:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from starlette.requests import Request
 
 from ..engine.batching import Delta, EngineStopped, Finished, Generation, GenerationRequest, QueueFull, TokenOut
 from ..engine.model import LoadedModel
+from ..engine.overload import retry_after
 from ..engine.sampling import SamplingParams
 from ..metrics import ServerMetrics
 from ..protocol import errors
@@ -78,10 +81,16 @@ def submit(runtime: ModelRuntime, request: GenerationRequest) -> Generation:
     assert runtime.engine is not None
     try:
         return runtime.engine.submit(request)
-    except QueueFull:
-        raise errors.service_unavailable(
-            "All slots are busy and the queue is full; retry shortly.", retry_after=1, code="queue_full"
-        ) from None
+    except QueueFull as full:
+        wait_ms = round(1000 * retry_after(full.queued, full.completions, full.span, random.random()))
+        exc = errors.service_unavailable(
+            "All slots are busy and the queue is full; retry shortly.", retry_after=max(1, math.ceil(wait_ms / 1000)),
+            code="queue_full",
+        )
+        # Retry-After has whole seconds only; OpenAI's SDKs read this one first, so the
+        # jitter below a second still spreads their retries.
+        exc.headers["retry-after-ms"] = str(wait_ms)
+        raise exc from None
     except EngineStopped:
         raise errors.service_unavailable("The server is shutting down.", code="server_draining") from None
 
