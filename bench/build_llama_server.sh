@@ -4,10 +4,16 @@
 #
 #   bench/build_llama_server.sh            # prints the binary's path (built once, ~15 min on 2 cores)
 #   .venv/bin/python bench/server_throughput.py --llama-server "$(bench/build_llama_server.sh)"
+#
+# Extra CMake flags come from LLAMA_SERVER_CMAKE_ARGS, e.g. "-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90";
+# each set of flags gets its own build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
-root="${LOCALMODEL_TOOLS_DIR:-$HOME/.cache/localmodel/tools}/llama-server-$version"
+extra="${LLAMA_SERVER_CMAKE_ARGS:-}"
+suffix=""
+[[ -n "$extra" ]] && suffix="-$(printf '%s' "$extra" | sha256sum | cut -c1-12)"
+root="${LOCALMODEL_TOOLS_DIR:-$HOME/.cache/localmodel/tools}/llama-server-$version$suffix"
 binary="$root/src/vendor/llama.cpp/build/bin/llama-server"
 if [[ ! -x "$binary" ]]; then
   mkdir -p "$root"
@@ -17,7 +23,7 @@ if [[ ! -x "$binary" ]]; then
   rm -rf "$root/src" && mkdir -p "$root/src"
   tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$root/src" --strip-components=1
   cmake -S "$root/src/vendor/llama.cpp" -B "$root/src/vendor/llama.cpp/build" -DCMAKE_BUILD_TYPE=Release \
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
+    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON $extra >&2
   cmake --build "$root/src/vendor/llama.cpp/build" --target llama-server -j"$(nproc)" >&2
 fi
 echo "$binary"

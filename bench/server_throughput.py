@@ -1,15 +1,19 @@
 """Model server throughput, TTFT and memory against baselines measured in the same run.
 
 1. Single-stream decode tok/s through our HTTP server / direct llama_cpp.Llama in-process.
-2. At 1, 2, 4 and 8 concurrent streams: aggregate tok/s and p50/p95 TTFT for our
+2. At each of --levels concurrent streams: aggregate tok/s and p50/p95 TTFT for our
    server and for `python -m llama_cpp.server --interrupt_requests false`, same
    model and threads.
 3. Peak RSS of each.
 
-    .venv/bin/python bench/server_throughput.py [--tokens 64] [--threads 2]
+    .venv/bin/python bench/server_throughput.py [--tokens 64] [--threads 2] [--levels 1,2,4,8]
+        [--gpu-layers -1] [--model 8b] [--no-python-server] [--llama-server PATH]
 
-The model is a random-weight ~0.5B llama in Q5_0 (generated on first use):
-random weights cost the same compute as trained ones.
+The model is a random-weight ~0.5B llama in Q5_0, or with `--model 8b` one with
+Llama-3-8B's layer shapes in Q4_K_M (generated on first use): random weights
+cost the same compute as trained ones. Every server runs with as many slots as
+the highest level (up to 64 and beyond), and `--gpu-layers` offloads layers in
+all of them (-1: all).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ NO_REPACK = (
     "lib.llama_model_default_params = _no_repack\n"
 )
 
-PROMPTS = [f"Request {i}: write a long story about a lighthouse keeper and the sea." for i in range(8)]
+PROMPTS = [f"Request {i}: write a long story about a lighthouse keeper and the sea." for i in range(256)]
 
 
 @dataclass
@@ -57,20 +61,25 @@ class StreamResult:
     token_times: list[float]
 
 
-def bench_model() -> Path:
-    path = testmodels.cache_dir() / "bench" / "bench-0.5b-q5_0.gguf"
+def bench_model(size: str) -> Path:
+    name, shape, ftype = {
+        "0.5b": ("bench-0.5b-q5_0.gguf", testmodels.BENCH_CHAT, None),
+        "8b": ("bench-8b-q4_k_m.gguf", testmodels.BENCH_8B, 15),  # 15: LLAMA_FTYPE_MOSTLY_Q4_K_M
+    }[size]
+    path = testmodels.cache_dir() / "bench" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         print(f"generating {path} (once)...", file=sys.stderr)
-        testmodels.write_bench_model(path)
+        testmodels.write_bench_model(path, shape, ftype)
     return path
 
 
-def direct_decode_rate(model: Path, tokens: int, threads: int) -> float:
+def direct_decode_rate(model: Path, tokens: int, threads: int, gpu_layers: int) -> float:
     exec(NO_REPACK, {})
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(model), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(str(model), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False,
+                          n_gpu_layers=gpu_layers)
     times = []
     for _ in llm.create_completion(PROMPTS[0], max_tokens=tokens, temperature=0, repeat_penalty=1.0, stream=True):
         times.append(time.perf_counter())
@@ -153,16 +162,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--levels", default="1,2,4,8")
+    parser.add_argument("--levels", default="1,2,4,8", help="concurrent streams, comma-separated (e.g. 1,8,32,64)")
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU; -1: all")
+    parser.add_argument("--model", choices=["0.5b", "8b"], default="0.5b")
+    parser.add_argument("--no-python-server", action="store_true",
+                        help="skip llama_cpp.server (it answers one request at a time: slow at 64 streams)")
     parser.add_argument("--llama-server", type=Path,
                         help="also run llama.cpp's C++ llama-server (built from the vendored sources) as the upper "
                              "reference")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    model = bench_model()
-    t = str(args.threads)
+    model = bench_model(args.model)
+    t, gpu = str(args.threads), str(args.gpu_layers)
+    all_layers = "999" if args.gpu_layers < 0 else gpu  # llama-server reads -1 as "auto", not "all"
 
-    direct = direct_decode_rate(model, args.tokens, args.threads)
+    direct = direct_decode_rate(model, args.tokens, args.threads, args.gpu_layers)
     direct_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  direct Llama: {direct:.1f} tok/s", file=sys.stderr)
 
@@ -170,15 +184,17 @@ def main() -> None:
     ours = run_server("localmodel-server", [
         sys.executable, "-m", "localmodel_server.main", "--model-path", str(model), "--served-name", "bench",
         "--host", "127.0.0.1", "--port", str(port), "--threads", t, "--parallel", str(max(levels)),
-        "--context-size", "512",
+        "--context-size", "512", "--gpu-layers", gpu,
     ], port, levels, args.tokens)
-    port = free_port()
-    theirs = run_server("llama_cpp.server", [
-        sys.executable, "-c", NO_REPACK + "from llama_cpp.server.__main__ import main\nmain()",
-        "--model", str(model), "--model_alias", "bench",
-        "--host", "127.0.0.1", "--port", str(port), "--n_threads", t, "--n_threads_batch", t,
-        "--n_ctx", "1024", "--interrupt_requests", "false",
-    ], port, levels, args.tokens)
+    theirs = None
+    if not args.no_python_server:
+        port = free_port()
+        theirs = run_server("llama_cpp.server", [
+            sys.executable, "-c", NO_REPACK + "from llama_cpp.server.__main__ import main\nmain()",
+            "--model", str(model), "--model_alias", "bench",
+            "--host", "127.0.0.1", "--port", str(port), "--n_threads", t, "--n_threads_batch", t,
+            "--n_ctx", "1024", "--interrupt_requests", "false", "--n_gpu_layers", gpu,
+        ], port, levels, args.tokens)
 
     reference = None
     if args.llama_server:
@@ -186,15 +202,16 @@ def main() -> None:
         reference = run_server("llama-server", [
             str(args.llama_server), "--model", str(model), "--alias", "bench", "--host", "127.0.0.1",
             "--port", str(port), "--threads", t, "--threads-batch", t, "--parallel", str(max(levels)),
-            "--ctx-size", str(512 * max(levels)), "--no-repack", "--no-webui",
+            "--ctx-size", str(512 * max(levels)), "--no-repack", "--no-webui", "--n-gpu-layers", all_layers,
         ], port, levels, args.tokens)
 
     print(f"\nModel: {model.name} ({model.stat().st_size / 2**20:.0f} MiB), {args.tokens} tokens per request, "
-          f"{args.threads} threads.\n")
+          f"{args.threads} threads, {args.gpu_layers} GPU layers.\n")
     print("| measure | localmodel-server | baseline | ratio |")
     print("|---|---|---|---|")
     row("single-stream decode tok/s (vs direct llama_cpp.Llama)", ours["decode"], direct)
-    compare(ours, theirs, "llama_cpp.server", levels, p95=True)
+    if theirs:
+        compare(ours, theirs, "llama_cpp.server", levels, p95=True)
     row("peak RSS MiB of direct llama_cpp.Llama (bench process)", None, direct_rss, digits=0)
     if reference:
         row("single-stream decode tok/s (vs llama-server)", ours["decode"], reference["decode"])

@@ -51,6 +51,8 @@ class LlamaShape:
 TINY_CHAT = LlamaShape()
 # About 0.47B parameters: realistic compute for benchmarks on CPU.
 BENCH_CHAT = LlamaShape(n_embd=1024, n_layer=24, n_head=16, n_head_kv=8, n_ff=4096, context_length=4096, std=0.02)
+# Llama-3-8B's layer shapes (with the small test vocabulary): GPU benchmarks.
+BENCH_8B = LlamaShape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, context_length=8192, std=0.02)
 
 
 def cache_dir() -> Path:
@@ -213,11 +215,11 @@ def quantize(source: Path, dest: Path, ftype: int | None = None) -> Path:
     return dest
 
 
-def write_bench_model(path: Path) -> Path:
-    """The ~0.5B-parameter Q5_0 model the benchmarks run on."""
+def write_bench_model(path: Path, shape: LlamaShape = BENCH_CHAT, ftype: int | None = None) -> Path:
+    """A benchmark model: by default the ~0.5B-parameter Q5_0 one the CPU benchmarks run on."""
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        f16 = write_llama(Path(tmp) / "bench-f16.gguf", BENCH_CHAT, name="bench-0.5b")
-        return quantize(f16, path)
+        f16 = write_llama(Path(tmp) / "bench-f16.gguf", shape, name=path.stem)
+        return quantize(f16, path, ftype)
 
 
 def main() -> None:
