@@ -7,6 +7,7 @@ SDKs parse into typed exceptions.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import orjson
@@ -90,6 +91,23 @@ def service_unavailable(message: str, *, retry_after: int = 1, code: str = "serv
         code=code,
         headers={"Retry-After": str(retry_after)},
     )
+
+
+QUEUE_FULL = "queue_full"
+
+
+def queue_full(retry_after_ms: int) -> APIError:
+    """Every slot is busy and the wait queue is full: a statement about this moment's load.
+
+    Retry-After has whole seconds only; OpenAI's SDKs read `retry-after-ms` first, so
+    a wait below a second (and its jitter) still reaches them. The router relays this
+    refusal without taking the backend out of rotation, since one finished request
+    makes room again.
+    """
+    exc = service_unavailable("All slots are busy and the queue is full; retry shortly.",
+                              retry_after=max(1, math.ceil(retry_after_ms / 1000)), code=QUEUE_FULL)
+    exc.headers["retry-after-ms"] = str(retry_after_ms)
+    return exc
 
 
 def bad_gateway(message: str) -> APIError:

@@ -13,7 +13,7 @@ import math
 
 import orjson
 
-from localmodel_server.protocol.errors import APIError, bad_gateway, gateway_timeout, service_unavailable
+from localmodel_server.protocol.errors import QUEUE_FULL, APIError, bad_gateway, gateway_timeout, service_unavailable
 
 from .balancer import Balancer, NoEndpoint, parse_retry_after
 from .http1 import Exchange
@@ -69,6 +69,17 @@ class _BackendRefused(Exception):
         self.headers = headers
         self.body = body
 
+    @property
+    def queue_full(self) -> bool:
+        """The backend is busy, not unavailable: it takes requests again as soon as one ends."""
+        if self.status != 503 or not self.body.startswith(b"{"):
+            return False
+        try:
+            error = orjson.loads(self.body).get("error")
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(error, dict) and error.get("code") == QUEUE_FULL
+
 
 class Proxy:
     def __init__(self, pool: UpstreamPool, balancer: Balancer, metrics: RouterMetrics) -> None:
@@ -102,7 +113,9 @@ class Proxy:
                 self.metrics.upstream_errors.labels(model, f"status_{exc.status}").inc()
                 retry_after = find_header(exc.headers, b"retry-after")
                 pause = parse_retry_after(retry_after.decode("latin-1") if retry_after is not None else None)
-                if pause is not None:
+                # A full queue is relayed as it is; resting the endpoint for its Retry-After would refuse
+                # every client in that time, while the backend frees a slot with each finished request.
+                if pause is not None and not exc.queue_full:
                     self.balancer.cool_down(endpoint.url, pause, f"its backends asked to retry after {math.ceil(pause)} s")
             except UpstreamTimeout as exc:
                 # A slow backend is not a dead one; piling the same work onto another does not help.

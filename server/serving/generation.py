@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 import uuid
@@ -83,14 +82,7 @@ def submit(runtime: ModelRuntime, request: GenerationRequest) -> Generation:
         return runtime.engine.submit(request)
     except QueueFull as full:
         wait_ms = round(1000 * retry_after(full.queued, full.completions, full.span, random.random()))
-        exc = errors.service_unavailable(
-            "All slots are busy and the queue is full; retry shortly.", retry_after=max(1, math.ceil(wait_ms / 1000)),
-            code="queue_full",
-        )
-        # Retry-After has whole seconds only; OpenAI's SDKs read this one first, so the
-        # jitter below a second still spreads their retries.
-        exc.headers["retry-after-ms"] = str(wait_ms)
-        raise exc from None
+        raise errors.queue_full(wait_ms) from None
     except EngineStopped:
         raise errors.service_unavailable("The server is shutting down.", code="server_draining") from None
 

@@ -195,6 +195,20 @@ def test_503_from_the_only_endpoint_reaches_the_client_with_its_retry_after(fake
     assert backend.stats()["requests"] == 1
 
 
+def test_a_full_queue_is_relayed_and_keeps_the_endpoint_in_rotation(fake_backend, router_process):
+    # A full queue frees with the next finished request: the router must not answer for the
+    # backend during its Retry-After, or every client waits that long while slots sit idle.
+    backend = fake_backend("m")
+    backend.configure(status=503, retry_after=30, error_code="queue_full")
+    router = router_process("--route", f"m={backend.base_url}")
+    refused = post(router, {"model": "m", "messages": []})
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full"
+    assert refused.headers["Retry-After"] == "30"
+    backend.configure(status=None)
+    assert post(router, {"model": "m", "messages": []}).status_code == 200
+    assert backend.stats()["requests"] == 2
+
+
 def test_dead_backend_is_skipped(fake_backend, router_process):
     dead, alive = fake_backend("m"), fake_backend("m")
     router = router_process("--route", f"m={dead.base_url},{alive.base_url}")

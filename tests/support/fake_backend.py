@@ -33,6 +33,7 @@ from aiohttp import web
 class Config:
     status: int | None = None  # answer every /v1 POST with this status and an error body
     retry_after: int | None = None  # Retry-After header sent with `status`
+    error_code: str | None = None  # the error envelope's "code" sent with `status`
     chunks: int = 3  # SSE chunks of a streamed answer
     chunk_delay: float = 0.0  # seconds between SSE chunks
     response_delay: float = 0.0  # seconds before a non-streamed answer
@@ -133,7 +134,7 @@ class FakeBackend:
     def _error_response(self) -> web.Response:
         status = self.config.status or 500
         headers = {"Retry-After": str(self.config.retry_after)} if self.config.retry_after is not None else {}
-        body = {"error": {"message": f"fake backend {self.name} answers {status}", "type": "server_error", "param": None, "code": None}}
+        body = {"error": {"message": f"fake backend {self.name} answers {status}", "type": "server_error", "param": None, "code": self.config.error_code}}
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
     async def _answer(self, request: web.Request, kind: str) -> web.StreamResponse:
