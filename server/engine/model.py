@@ -13,6 +13,8 @@ import llama_cpp
 from llama_cpp import _internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from .backends import library_dir, load_dynamic_backends
+
 # Used when a model ships no chat template; llama.cpp's own default is ChatML too.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -30,6 +32,8 @@ def _init_backend() -> None:
         # llama-cpp-python prints every llama.cpp log line unless its logger says otherwise.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         llama_cpp.llama_backend_init()
+        if load_dynamic_backends() == 0:
+            raise RuntimeError(f"llama.cpp has no compute device: no backend library in {library_dir()}")
         _backend_ready = True
 
 

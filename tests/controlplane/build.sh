@@ -2,7 +2,11 @@
 # Builds the test tools from the pinned Go modules in this folder:
 #   controlplane  kube-apiserver + etcd (go.mod here), for the `controlplane` test tier
 #   helm          the helm CLI (helm/go.mod), for the chart tests
-# Usage: build.sh [controlplane] [helm]      (no argument: both)
+#   cluster       kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl,
+#                 CoreDNS and local-path-provisioner (hack/localcluster/*/go.mod), for
+#                 the one-node local cluster; it also takes kube-apiserver and etcd from
+#                 `controlplane`
+# Usage: build.sh [controlplane] [helm] [cluster]      (no argument: controlplane and helm)
 #
 # Binaries go to $LOCALMODEL_TOOLS_DIR (default ~/.cache/localmodel/tools), in a
 # folder named after the versions and a hash of go.mod + go.sum, so a version
@@ -79,6 +83,36 @@ build_helm_into() {
             -o "$out/helm" helm.sh/helm/v3/cmd/helm)
 }
 
+build_cluster_into() {
+    local out="$1" k8s="$2" modules="$3"
+    local minor="${k8s#v1.}"; minor="${minor%%.*}"
+    local pkg=k8s.io/component-base/version
+    local ldflags="-s -w -X $pkg.gitVersion=$k8s -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean"
+    log "building the local cluster's binaries for $k8s (minutes with an empty Go build cache)"
+    local cmd
+    for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy kubectl; do
+        (cd "$modules/kube" && "${go_build[@]}" -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd") ||
+            return 1
+    done
+    (cd "$modules/coredns" && "${go_build[@]}" -ldflags "-s -w" -o "$out/coredns" github.com/coredns/coredns) &&
+        (cd "$modules/local-path" && "${go_build[@]}" -ldflags "-s -w" \
+            -o "$out/local-path-provisioner" github.com/rancher/local-path-provisioner)
+}
+
+cluster() {
+    controlplane
+    local modules="$here/../../hack/localcluster" k8s stamp_all dir
+    k8s="$(module_version "$modules/kube/go.mod" k8s.io/kubernetes)"
+    stamp_all="$(for m in kube coredns local-path; do stamp "$modules/$m"; done | sha256sum | cut -c1-12)"
+    dir="$tools_dir/localcluster-k8s-$k8s-$stamp_all"
+    build_into "$dir" build_cluster_into "$k8s" "$(cd "$modules" && pwd)"
+    local cmd
+    for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy kubectl coredns local-path-provisioner; do
+        echo "$cmd=$dir/$cmd"
+    done
+}
+
 controlplane() {
     local assets="${KUBEBUILDER_ASSETS:-}"
     if [[ -n "$assets" && -x "$assets/kube-apiserver" && -x "$assets/etcd" ]]; then
@@ -112,7 +146,8 @@ main() {
         case "$target" in
             controlplane) controlplane ;;
             helm) helm ;;
-            *) log "unknown target '$target' (expected controlplane or helm)"; exit 2 ;;
+            cluster) cluster ;;
+            *) log "unknown target '$target' (expected controlplane, helm or cluster)"; exit 2 ;;
         esac
     done
 }

@@ -1,5 +1,6 @@
 """Certificates and keys for the test control plane: a CA, the apiserver's serving
-certificate, an admin client certificate and the ServiceAccount signing key."""
+certificate, an admin client certificate and the ServiceAccount signing key.
+The local cluster (hack/localcluster/cluster_pki.py) builds its own from `certificate`."""
 
 from __future__ import annotations
 
@@ -26,20 +27,21 @@ class Pki:
     sa_public_key: Path
 
 
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
+def subject_name(common_name: str, organization: str | None = None) -> x509.Name:
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
     return x509.Name(attributes)
 
 
-def _certificate(
+def certificate(
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
     issuer: x509.Certificate | None,
     issuer_key: ec.EllipticCurvePrivateKey,
     usage: list[x509.ObjectIdentifier] | None,
     sans: Sequence[x509.GeneralName] = (),
+    days: int = 2,
 ) -> x509.Certificate:
     """A CA certificate when `usage` is None, else a leaf for those extended key usages."""
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -51,7 +53,7 @@ def _certificate(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -83,23 +85,26 @@ def write_pki(directory: Path, admin_user: str, admin_group: str) -> Pki:
     ca_key, serving_key, admin_key, sa_key = (
         ec.generate_private_key(ec.SECP256R1()) for _ in range(4)
     )
-    ca = _certificate(_name("localmodel-test-ca"), ca_key, None, ca_key, None)
-    serving = _certificate(
-        _name("kube-apiserver"), serving_key, ca, ca_key, [ExtendedKeyUsageOID.SERVER_AUTH],
+    ca = certificate(subject_name("localmodel-test-ca"), ca_key, None, ca_key, None)
+    serving = certificate(
+        subject_name("kube-apiserver"), serving_key, ca, ca_key, [ExtendedKeyUsageOID.SERVER_AUTH],
         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
     )
-    admin = _certificate(
-        _name(admin_user, admin_group), admin_key, ca, ca_key, [ExtendedKeyUsageOID.CLIENT_AUTH]
+    admin = certificate(
+        subject_name(admin_user, admin_group), admin_key, ca, ca_key, [ExtendedKeyUsageOID.CLIENT_AUTH]
     )
     for path, cert in ((pki.ca_cert, ca), (pki.serving_cert, serving), (pki.admin_cert, admin)):
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     keys = ((pki.serving_key, serving_key), (pki.admin_key, admin_key), (pki.sa_signing_key, sa_key))
     for path, key in keys:
-        path.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ))
+        path.write_bytes(private_pem(key))
     pki.sa_public_key.write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ))
     return pki
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption(),
+    )

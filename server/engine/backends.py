@@ -1,0 +1,48 @@
+"""Loads llama.cpp's compute backends when they are built as separate libraries.
+
+An image built with `GGML_BACKEND_DL=ON` (and `GGML_CPU_ALL_VARIANTS=ON`, as
+llama.cpp's own images are) holds one CPU library per x86 level: AVX2, AVX-512,
+AMX and so on, next to libllama. None is linked in; ggml scores each against the
+CPU it runs on and loads the best, so one image runs at full speed on every
+node. llama.cpp's programs do this in `common_init`; llama-cpp-python does not,
+so without this call such a build finds no device and cannot load a model.
+A build with backends linked in (the default) already has its devices, and this
+does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+import llama_cpp
+
+log = logging.getLogger(__name__)
+
+
+def _ggml() -> ctypes.CDLL:
+    # libllama links libggml, so the loaded library exports its symbols too.
+    lib = llama_cpp.llama_cpp._lib
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_count.argtypes = []
+    lib.ggml_backend_load_all_from_path.restype = None
+    lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+def library_dir() -> Path:
+    """The folder of libllama and, in a split build, of the backend libraries."""
+    return Path(llama_cpp.llama_cpp._base_path)
+
+
+def load_dynamic_backends() -> int:
+    """Loads the best backend libraries next to libllama if none is linked in.
+
+    Returns the number of devices llama.cpp then has.
+    """
+    ggml = _ggml()
+    if ggml.ggml_backend_dev_count() == 0:
+        ggml.ggml_backend_load_all_from_path(str(library_dir()).encode())
+        log.info("loaded llama.cpp backends from %s", library_dir())
+    return int(ggml.ggml_backend_dev_count())

@@ -1,0 +1,78 @@
+"""Fixtures of the e2e tier: the chart installed, weights served from this machine,
+and the chat and embedding models Ready. Skipped unless LOCALMODEL_E2E=1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.cluster import (
+    MODELS_NS, RELEASE, RELEASE_NS, WeightsServer, apply_model, image, kubectl, serving_weights, wait_phase,
+)
+from localmodel_server import testmodels
+from tests.helm.chart import CHART, run_helm
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("LOCALMODEL_E2E") == "1":
+        return
+    skip = pytest.mark.skip(reason="end-to-end tier: needs a cluster with the images loaded; run "
+                                   "hack/localcluster/e2e.sh or hack/kind/e2e.sh (or set LOCALMODEL_E2E=1 "
+                                   "with KUBECONFIG pointing at such a cluster)")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeightsServer]:
+    """chat.gguf, embed.gguf and slow.gguf (the chat model, served slowly) over HTTP to the pods."""
+    folder = tmp_path_factory.mktemp("weights")
+    chat = testmodels.write_llama(folder / "chat.gguf")
+    testmodels.write_bert(folder / "embed.gguf")
+    shutil.copy(chat, folder / "slow.gguf")
+    with serving_weights(folder) as server:
+        # About 20 s for the whole file: long enough to watch PROGRESS move, or to interrupt.
+        server.rates["slow.gguf"] = max(1, chat.stat().st_size // 20)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def installed() -> Iterator[tuple[str, str]]:
+    """The chart installed with the local images, watching a namespace of its own: (release ns, models ns)."""
+    kubectl("create", "namespace", MODELS_NS)
+    server_repo, server_tag = image("LOCALMODEL_E2E_SERVER_IMAGE", "localmodel:e2e")
+    operator_repo, operator_tag = image("LOCALMODEL_E2E_OPERATOR_IMAGE", "localmodel-operator:e2e")
+    try:
+        run_helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
+                 "--wait", "--timeout", "5m",
+                 "--set", f"images.server.repository={server_repo}", "--set", f"images.server.tag={server_tag}",
+                 "--set", f"images.operator.repository={operator_repo}", "--set", f"images.operator.tag={operator_tag}",
+                 "--set", "images.pullPolicy=Never",  # loaded into the node, never pulled
+                 "--set", f"watchNamespaces={{{MODELS_NS}}}", "--set", "networkPolicy.enabled=true",
+                 "--set", "router.replicas=1", "--set", "models.storageSize=1Gi")
+        yield RELEASE_NS, MODELS_NS
+    finally:
+        with contextlib.suppress(Exception):
+            kubectl("delete", "localmodels.localmodel.dev", "--all", "-n", MODELS_NS, "--wait=true", "--timeout=120s")
+        with contextlib.suppress(Exception):
+            run_helm("uninstall", RELEASE, "--namespace", RELEASE_NS, "--wait")
+        kubectl("delete", "namespace", MODELS_NS, RELEASE_NS, "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def models(installed: tuple[str, str], weights: WeightsServer) -> dict[str, Any]:
+    """A chat model (served as llama3, pulled slowly so its PROGRESS can be watched) and an embedding model."""
+    apply_model("tiny-chat", {"source": weights.source("slow.gguf"), "servedName": "llama3", "contextSize": 2048,
+                              "storage": {"size": "1Gi"}})
+    apply_model("tiny-embed", {"source": weights.source("embed.gguf"), "servedName": "tiny-embed",
+                               "storage": {"size": "1Gi"}})
+    chat, progress = wait_phase("tiny-chat", {"Ready", "Failed"})
+    embed, _ = wait_phase("tiny-embed", {"Ready", "Failed"})
+    return {"chat": chat, "embed": embed, "chat_progress": progress}
