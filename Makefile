@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # fresh clone on the same machine reuses them.
 export LOCALMODEL_TOOLS_DIR ?= $(HOME)/.cache/localmodel/tools
 
-.PHONY: install tools run test test-fast bench clean
+.PHONY: install tools run test test-fast test-cluster bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ run: install
 
 test: install tools
 	$(BIN)/pytest
+
+# The cluster tier alone (root): builds the images, brings up the one-node local
+# cluster, runs tests/e2e against it and takes it down (hack/localcluster/).
+test-cluster: install tools
+	hack/localcluster/e2e.sh
 
 test-fast: install
 	$(BIN)/pytest -m "not slow and not controlplane"

@@ -2,10 +2,10 @@
 # The localmodel loop on a laptop's kind cluster:
 #   1. create a kind cluster (hack/kind/cluster.yaml)
 #   2. build both images (Dockerfile.server, Dockerfile.operator) and load them into kind
-#   3-7. run tests/e2e/test_kind.py against it: helm install, serve generated GGUF weights
-#        from this machine over HTTP (no internet needed inside kind), apply a chat and an
-#        embedding LocalModel, wait for Ready, port-forward the router, send the chat and
-#        embeddings requests, helm uninstall
+#   3-7. run tests/e2e against it, the tier hack/localcluster/e2e.sh runs on the local
+#        cluster: helm install, serve generated GGUF weights from this machine over HTTP
+#        (no internet needed inside kind), LocalModels, OpenAI calls from a pod, faults,
+#        security checks, helm uninstall
 #   8. delete the cluster
 #
 # Usage: hack/kind/e2e.sh [all|up|test|down]      (default: all; KEEP_CLUSTER=1 keeps it after `all`)

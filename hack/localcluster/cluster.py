@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import ssl
@@ -379,8 +380,32 @@ def _kill_shims(layout: Layout) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
 
 
+def remove_kube_chains() -> None:
+    """Deletes the KUBE-* chains kubelet makes (KUBE-FIREWALL, the canaries) and any
+    kube-proxy's cleanup left, with the rules that jump to them, in both families.
+    No other Kubernetes runs on this machine, so every KUBE-* chain is this cluster's."""
+    for family in ("iptables", "ip6tables"):
+        if not shutil.which(family):
+            continue
+        for table in ("filter", "nat", "mangle"):
+            dump = _run(f"{family}-save", "-t", table, check=False).stdout.splitlines()
+            chains = [line[1:].split()[0] for line in dump if line.startswith(":KUBE-")]
+            for line in dump:
+                words = shlex.split(line)
+                if line.startswith("-A ") and not words[1].startswith("KUBE-") and any(
+                        w.startswith("KUBE-") for w in words):
+                    _run(family, "-t", table, "-D", *words[1:], check=False)
+            for chain in chains:
+                _run(family, "-t", table, "-F", chain, check=False)
+            for chain in chains:
+                _run(family, "-t", table, "-X", chain, check=False)
+
+
 def _iptables_left() -> list[str]:
-    rules = _run("iptables-save", check=False).stdout.splitlines()
+    rules = []
+    for family in ("iptables", "ip6tables"):
+        if shutil.which(family):
+            rules += _run(f"{family}-save", check=False).stdout.splitlines()
     return [r for r in rules if "KUBE-" in r or "CNI-" in r]
 
 
@@ -408,6 +433,7 @@ def down(layout: Layout) -> None:
     unmount_under([layout.state])
     _remove_cgroups()
     network_down(layout)
+    remove_kube_chains()
     left = _iptables_left()
     if left:
         log("iptables rules left behind:\n" + "\n".join(left))

@@ -3,8 +3,8 @@
 #   base      Debian bookworm made by mmdebstrap from Debian packages (python3, libgomp1)
 #   pause     the pod sandbox: a static C program (pause.c) in an empty image
 #   busybox   Debian's busybox-static, for local-path-provisioner's helper pods
-#   server    Dockerfile.server on the base, from a wheelhouse built on this machine
-#   operator  Dockerfile.operator on the base, from the same wheelhouse
+#   server    Dockerfile.server on the base, offline, from a wheelhouse built on this machine
+#   operator  Dockerfile.operator on the base, from PyPI with the CA as a build secret
 # Each is saved as a tarball in $LOCALMODEL_IMAGES_DIR (default
 # ~/.cache/localmodel/images) for cluster.py to import into containerd.
 #
@@ -12,11 +12,11 @@
 #
 # Docker is a private dockerd (its own sockets and folders, no bridge and no
 # iptables rules) that runs only while this script does. Set DOCKER_HOST to use
-# an engine of your own instead. PyPI is reached from the host, never from a
-# build container: the wheelhouse is built here with the host's trust store (a
-# TLS-inspecting proxy's CA works as for any pip install), and the builds run
-# offline. Dockerfile.server also takes the CA as a BuildKit secret (pip-ca) for
-# builds that do reach PyPI; docs/install.md shows both.
+# an engine of your own instead. The server image's packages come from a
+# wheelhouse built here with the host's trust store (a TLS-inspecting proxy's CA
+# works as for any pip install), and the image builds with no network at all. The operator image takes the other way a proxied build has:
+# pip in the build reaches PyPI with the CA handed over as a BuildKit secret.
+# docs/install.md shows both.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -139,18 +139,21 @@ PY
     rm -f "$requirements"
 }
 
+# Offline: no network in the build at all (--network=none), everything from the wheelhouse.
 build_server() {
     build_wheelhouse
-    docker_build -f "$repo/Dockerfile.server" -t "localmodel/localmodel:$tag" \
-        --build-arg PYTHON_IMAGE="$base_image" \
-        --build-arg WHEELHOUSE=.wheelhouse "$repo" >&2
+    docker_build -f "$repo/Dockerfile.server" -t "localmodel/localmodel:$tag" --network=none \
+        --build-arg PYTHON_IMAGE="$base_image" --build-arg WHEELHOUSE=.wheelhouse "$repo" >&2
     save "localmodel/localmodel:$tag" server
 }
 
+# From PyPI, through the host's trust store handed over as the pip-ca secret: the
+# path for builds behind a TLS-inspecting proxy. The engine has no bridge, so the
+# build shares the host's network.
 build_operator() {
-    build_wheelhouse
-    docker_build -f "$repo/Dockerfile.operator" -t "localmodel/localmodel-operator:$tag" \
-        --build-arg PYTHON_IMAGE="$base_image" --build-arg WHEELHOUSE=.wheelhouse "$repo" >&2
+    local ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
+    docker_build -f "$repo/Dockerfile.operator" -t "localmodel/localmodel-operator:$tag" --network=host \
+        --secret id=pip-ca,src="$ca" --build-arg PYTHON_IMAGE="$base_image" "$repo" >&2
     save "localmodel/localmodel-operator:$tag" operator
 }
 

@@ -39,7 +39,7 @@ def test_a_server_pod_deleted_mid_stream_ends_the_stream_and_its_replacement_doe
     assert weights.gets("slow.gguf") == 1
     with port_forward(release_ns, f"{RELEASE}-router", 80) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-        stream = client.chat.completions.create(**SEED_REQUEST, max_tokens=1900, stream=True,
+        stream = client.chat.completions.create(**SEED_REQUEST, max_tokens=1000, stream=True,
                                                 extra_body={"ignore_eos": True})
         ended = None
         started = time.monotonic()
