@@ -127,8 +127,9 @@ def _wait(what: str, ready: Callable[[], bool], layout: Layout, name: str, timeo
     while time.monotonic() < deadline:
         if ready():
             return
-        if _pid(layout, name) is None:
-            break
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if not _alive(int((layout.run / f"{name}.pid").read_text())):
+                break
         time.sleep(0.3)
     tail = (layout.logs / f"{name}.log").read_text(errors="replace").splitlines()[-25:]
     raise ClusterError(f"{what} did not come up; the end of {layout.logs / name}.log:\n" + "\n".join(tail))

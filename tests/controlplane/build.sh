@@ -95,7 +95,7 @@ build_cluster_into() {
         (cd "$modules/kube" && "${go_build[@]}" -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd") ||
             return 1
     done
-    (cd "$modules/coredns" && "${go_build[@]}" -ldflags "-s -w" -o "$out/coredns" github.com/coredns/coredns) &&
+    (cd "$modules/coredns" && "${go_build[@]}" -ldflags "-s -w" -o "$out/coredns" .) &&
         (cd "$modules/local-path" && "${go_build[@]}" -ldflags "-s -w" \
             -o "$out/local-path-provisioner" github.com/rancher/local-path-provisioner)
 }
