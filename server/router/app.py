@@ -52,8 +52,7 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 def send_error(exchange: Exchange, exc: APIError) -> None:
-    headers = _JSON + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    exchange.respond(exc.status_code, headers, exc.body_bytes())
+    exchange.respond(exc.status_code, exc.raw_headers(), exc.body_bytes())
 
 
 def send_json(exchange: Exchange, data: Any) -> None:

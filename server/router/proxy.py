@@ -161,9 +161,7 @@ class Proxy:
         log.warning("backend failed mid-stream: %s", exc)
         content_type = (upstream.header(b"content-type") or b"").lower()
         if content_type.startswith(b"text/event-stream"):
-            # OpenAI's SDKs raise an APIError when an SSE event carries "error".
-            error = bad_gateway(f"The backend failed while streaming the answer: {exc}.")
-            exchange.end(b"data: " + orjson.dumps(error.body()) + b"\n\n")
+            exchange.end(bad_gateway(f"The backend failed while streaming the answer: {exc}.").sse_event())
         else:
             # Any other body: cut the connection so the client cannot take a partial body for a whole one.
             exchange.abort()

@@ -115,6 +115,8 @@ def test_oversized_body_is_413(chat_server):
     huge = {"model": "llama3", "messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024)}]}
     response = httpx.post(f"{chat_server.base_url}/v1/chat/completions", json=huge)
     assert_envelope(response, 413, "request_too_large", None)
+    # Refused before the app runs, yet sent as every other error is: whole, with its length.
+    assert response.headers["content-length"] == str(len(response.content))
 
 
 def test_oversized_chunked_body_is_413(chat_server):
