@@ -140,6 +140,10 @@ def payload_too_large(limit_bytes: int) -> APIError:
     )
 
 
+def headers_too_large(message: str) -> APIError:
+    return APIError(431, message, code="request_headers_too_large")
+
+
 def authentication_error(message: str = "Invalid or missing API key.") -> APIError:
     return APIError(
         401,

@@ -25,7 +25,7 @@ from .routes import RouteEntry, not_ready
 
 if TYPE_CHECKING:
     from .app import Router
-    from .http1 import Exchange
+    from .exchange import Exchange
 
 log = logging.getLogger(__name__)
 

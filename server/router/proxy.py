@@ -23,7 +23,7 @@ import orjson
 from localmodel_server.protocol.errors import QUEUE_FULL, APIError, bad_gateway, gateway_timeout, service_unavailable
 
 from .balancer import Balancer, NoEndpoint, parse_retry_after
-from .http1 import Exchange
+from .exchange import Exchange
 from .metrics import RouterMetrics
 from .routes import RouteEntry
 from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool, UpstreamTimeout, find_header
