@@ -14,6 +14,7 @@ from pydantic_settings import CliApp, SettingsError
 from starlette.types import ASGIApp
 
 from .api.app import create_app
+from .api.http_protocol import LimitedHttpToolsProtocol
 from .http_limits import SERVER_KEEP_ALIVE_S
 from .logs import configure_logging
 from .metrics import ServerMetrics
@@ -74,6 +75,8 @@ def server_config(app: ASGIApp, settings: ServerSettings) -> uvicorn.Config:
         timeout_graceful_shutdown=2,
         # The router's connection pool reuses idle connections inside this window.
         timeout_keep_alive=SERVER_KEEP_ALIVE_S,
+        # httptools, as "auto" picks, with the router's limits on a request's head.
+        http=LimitedHttpToolsProtocol,
     )
 
 
