@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Building an error body, or framing one as an SSE event, by hand: a dict with an "error" key,
 # an SSE "data: " frame, or a body serialized outside the two response adapters below.
 HAND_BUILT = re.compile(r"""(?<!`)[{,]\s*["']error["']\s*:|b["']data: |\.body_bytes\(\)""")
-# The adapters that put an already-serialized error onto a response: Starlette's and the router's.
-ADAPTERS = {ROOT / "server" / "api" / "errors.py", ROOT / "server" / "router" / "app.py"}
+# The adapters that put an already-serialized error onto a response: Starlette's, the router's,
+# and the server's HTTP protocol (which refuses an oversized head before any ASGI app runs).
+ADAPTERS = {ROOT / "server" / "api" / "errors.py", ROOT / "server" / "router" / "app.py",
+            ROOT / "server" / "api" / "http_protocol.py"}
 
 
 def test_no_module_builds_an_error_itself():
