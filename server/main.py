@@ -11,8 +11,11 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp, SettingsError
+from starlette.types import ASGIApp
 
 from .api.app import create_app
+from .api.http_protocol import LimitedHttpToolsProtocol
+from .http_limits import SERVER_KEEP_ALIVE_S
 from .logs import configure_logging
 from .metrics import ServerMetrics
 from .runtime import ModelRuntime
@@ -62,13 +65,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"localmodel-server: model file not found: {settings.model_path}", file=sys.stderr)
         raise SystemExit(2)
     runtime = ModelRuntime(settings, ServerMetrics())
-    app = create_app(settings, runtime=runtime)
-    config = uvicorn.Config(
+    DrainingServer(server_config(create_app(settings, runtime=runtime), settings), runtime, settings.drain_timeout).run()
+
+
+def server_config(app: ASGIApp, settings: ServerSettings) -> uvicorn.Config:
+    return uvicorn.Config(
         app, host=settings.host, port=settings.port, access_log=False, log_config=None,
         # In-flight requests were already drained; this only bounds idle keep-alive connections.
-        timeout_graceful_shutdown=2, timeout_keep_alive=30,
+        timeout_graceful_shutdown=2,
+        # The router's connection pool reuses idle connections inside this window.
+        timeout_keep_alive=SERVER_KEEP_ALIVE_S,
+        # httptools, as "auto" picks, with the router's limits on a request's head.
+        http=LimitedHttpToolsProtocol,
     )
-    DrainingServer(config, runtime, settings.drain_timeout).run()
 
 
 if __name__ == "__main__":

@@ -34,9 +34,15 @@ def json_response(model) -> Response:
     return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 
 
-def sse(body: AsyncIterator[str]) -> EventSourceResponse:
+def sse(body: AsyncIterator[str | errors.APIError]) -> EventSourceResponse:
+    """Each item is one event's data; an APIError (a failure after the 200) becomes the error event and ends it."""
+
+    async def events() -> AsyncIterator[str | bytes]:
+        async for item in body:
+            yield item.sse_event() if isinstance(item, errors.APIError) else item  # bytes pass through unframed
+
     # No pings: OpenAI clients parse every event as JSON.
-    return EventSourceResponse(body, sep="\n", ping=None)
+    return EventSourceResponse(events(), sep="\n", ping=None)
 
 
 def create_app(settings: ServerSettings, *, runtime: ModelRuntime | None = None) -> FastAPI:

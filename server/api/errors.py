@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def error_response(exc: errors.APIError) -> Response:
-    return Response(exc.body_bytes(), status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+    """The envelope as a Starlette response, which is also an ASGI app (the middleware sends it so)."""
+    response = Response(exc.body_bytes(), status_code=exc.status_code)
+    response.raw_headers = [*exc.raw_headers(), *response.raw_headers]  # content-length stays
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..metrics import ServerMetrics
 from ..protocol import errors
 from ..runtime import ModelRuntime
+from .errors import error_response
 
 log = logging.getLogger("localmodel.access")
 
@@ -65,7 +66,7 @@ class RequestObserver:
         try:
             declared = _header(scope, b"content-length")
             if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await _send_error(send_observed, errors.payload_too_large(self.max_body_bytes))
+                await error_response(errors.payload_too_large(self.max_body_bytes))(scope, receive, send_observed)
             else:
                 await self.app(scope, self._limited(receive), send_observed)
         finally:
@@ -101,9 +102,3 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
-
-
-async def _send_error(send: Send, exc: errors.APIError) -> None:
-    headers = [(b"content-type", b"application/json"), *((k.lower().encode(), v.encode()) for k, v in exc.headers.items())]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": exc.body_bytes()})

@@ -29,8 +29,9 @@ NDJSON = "application/x-ndjson"
 
 
 def ollama_error(exc: errors.APIError) -> Response:
-    body = o.ErrorResponse(error=exc.message).model_dump_json().encode()
-    return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+    response = Response(o.error_body(exc.message), status_code=exc.status_code)
+    response.raw_headers = [*exc.raw_headers(), *response.raw_headers]
+    return response
 
 
 class OllamaRoute(APIRoute):

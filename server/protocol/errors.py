@@ -1,8 +1,10 @@
 """The OpenAI error envelope, shared by the model server and the router.
 
 Every failure a client can see is an `APIError`; its body is always
-`{"error": {"message", "type", "param", "code"}}`, the shape the official
-SDKs parse into typed exceptions.
+`{"error": {"message", "type", "param", "code"}}` (`ErrorResponse`), the shape
+the official SDKs parse into typed exceptions. This module is the only place
+that shape is serialized: as a JSON body with its headers, and as the SSE event
+that ends a stream which failed after it started.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
 
@@ -23,6 +24,9 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
 class APIError(Exception):
@@ -46,15 +50,23 @@ class APIError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+    def envelope(self) -> ErrorResponse:
+        return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
 
     def body_bytes(self) -> bytes:
-        return orjson.dumps(self.body())
+        """The JSON body; `param` and `code` are present even when null, as OpenAI sends them."""
+        return self.envelope().model_dump_json().encode()
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """Content-Type and this error's own headers, as (name, value) bytes for a raw HTTP/ASGI response."""
+        return [_JSON_CONTENT_TYPE, *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items())]
 
-def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    def sse_event(self) -> bytes:
+        """The event that ends a stream which fails after its status was sent.
+
+        OpenAI's SDKs raise an APIError when an event's data carries "error".
+        """
+        return b"data: " + self.body_bytes() + b"\n\n"
 
 
 def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
@@ -126,6 +138,10 @@ def payload_too_large(limit_bytes: int) -> APIError:
         f"Request body is larger than the limit of {limit_bytes} bytes.",
         code="request_too_large",
     )
+
+
+def headers_too_large(message: str) -> APIError:
+    return APIError(431, message, code="request_headers_too_large")
 
 
 def authentication_error(message: str = "Invalid or missing API key.") -> APIError:

@@ -207,3 +207,8 @@ class ErrorResponse(BaseModel):
     """Ollama's error body: a bare sentence."""
 
     error: str
+
+
+def error_body(message: str) -> bytes:
+    """Ollama's error as JSON bytes: the one place its shape is serialized, for the server and the router."""
+    return ErrorResponse(error=message).model_dump_json().encode()

@@ -16,17 +16,20 @@ import orjson
 
 from localmodel_server.protocol.errors import (
     APIError,
+    headers_too_large,
     internal_error,
     invalid_request,
     method_not_allowed,
     model_not_found,
     not_found,
     payload_too_large,
+    service_unavailable,
 )
 
 from .auth import ApiKeys
 from .balancer import Balancer
-from .http1 import Exchange, HTTPServer
+from .exchange import Exchange
+from .http1 import HTTPServer
 from .metrics import UNROUTED, RouterMetrics
 from .ollama import PREFIX as OLLAMA_PREFIX, OllamaFront
 from .proxy import Proxy, forward_header_block
@@ -45,6 +48,8 @@ class RouterSettings:
     max_body_bytes: int = 16 << 20
     connect_timeout: float = 5.0
     read_timeout: float = 600.0
+    write_timeout: float = 60.0
+    max_connections: int = 10_000
 
 
 _JSON = [(b"content-type", b"application/json")]
@@ -52,8 +57,7 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 def send_error(exchange: Exchange, exc: APIError) -> None:
-    headers = _JSON + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    exchange.respond(exc.status_code, headers, exc.body_bytes())
+    exchange.respond(exc.status_code, exc.raw_headers(), exc.body_bytes())
 
 
 def send_json(exchange: Exchange, data: Any) -> None:
@@ -107,7 +111,8 @@ class Router:
         """The protocol factory for `loop.create_server`; create it inside the running loop."""
         pool = UpstreamPool(self.settings.connect_timeout, self.settings.read_timeout)
         self._proxy = Proxy(pool, self.balancer, self.metrics)
-        return HTTPServer(self.handle, self.refuse, self.settings.max_body_bytes)
+        return HTTPServer(self.handle, self.refuse, self.settings.max_body_bytes,
+                          write_timeout=self.settings.write_timeout, max_connections=self.settings.max_connections)
 
     def close(self) -> None:
         if self._proxy is not None:
@@ -150,11 +155,15 @@ class Router:
             send_error(exchange, exc)
 
     def refuse(self, exchange: Exchange, status: int, detail: str) -> None:
-        """Requests the HTTP layer turns away itself: too large, unparsable, or a handler bug."""
+        """Requests the HTTP layer turns away itself: too large, unparsable, over capacity, or a handler bug."""
         if status == 413:
             error = payload_too_large(self.settings.max_body_bytes)
+        elif status == 431:
+            error = headers_too_large(detail)
         elif status == 400:
             error = invalid_request(detail, code="invalid_http")
+        elif status == 503:
+            error = service_unavailable(f"{detail} Retry shortly.", code="too_many_connections")
         else:
             error = internal_error()
         self.metrics.count_request(UNROUTED, status)

@@ -13,126 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
-from http import HTTPStatus
 
 import httptools
 
+from localmodel_server.http_limits import MAX_HEADER_BYTES, MAX_HEADER_COUNT
+
+from .exchange import Exchange
+
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 64 * 1024
 # Pipelined requests waiting behind the current one before reading pauses.
 MAX_PIPELINED = 16
-
-_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"Unknown")
-
-
-class _Date:
-    """The Date header, formatted once per second rather than per response."""
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._value = b""
-
-    def __call__(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True).encode()
-        return self._value
-
-
-_date = _Date()
-
-
-class Exchange:
-    """One request, whole, and the means to answer it (once)."""
-
-    __slots__ = ("_conn", "method", "target", "path", "headers", "body", "keep_alive", "http10", "status", "_chunked", "_done")
-
-    def __init__(self, conn: HTTPConnection, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-                 keep_alive: bool, http10: bool) -> None:
-        self._conn = conn
-        self.method = method
-        self.target = target  # as sent: path and query, still percent-encoded
-        self.path = target.split(b"?", 1)[0].decode("latin-1")
-        self.headers = headers
-        self.body = body
-        self.keep_alive = keep_alive
-        self.http10 = http10
-        self.status = 0  # set once the response has started
-        self._chunked = False
-        self._done = False
-
-    def header(self, name: bytes) -> bytes | None:
-        """First value of a header; `name` in lower case."""
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
-
-    @property
-    def started(self) -> bool:
-        return self.status != 0
-
-    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """Send a whole response with its Content-Length."""
-        self.status = status
-        head = self._head(status, headers) + b"content-length: %d\r\n\r\n" % len(body)
-        self._conn.write(head if self.method == b"HEAD" else head + body)
-        self._finish()
-
-    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Begin a streamed response: chunked on HTTP/1.1, until close on HTTP/1.0."""
-        self.status = status
-        if self.http10:
-            self.keep_alive = False
-            self._conn.write(self._head(status, headers) + b"\r\n")
-        else:
-            self._chunked = True
-            self._conn.write(self._head(status, headers) + b"transfer-encoding: chunked\r\n\r\n")
-
-    async def write(self, chunk: bytes) -> None:
-        """Send one piece of a streamed body now; waits only while the client reads slowly."""
-        if not chunk:
-            return
-        self._conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if self._chunked else chunk)
-        await self._conn.drain()
-
-    def end(self, last: bytes = b"") -> None:
-        """Finish a streamed response, with `last` as its final piece."""
-        if self._chunked:
-            self._conn.write((b"%x\r\n%s\r\n" % (len(last), last) if last else b"") + b"0\r\n\r\n")
-        elif last:
-            self._conn.write(last)
-        self._finish()
-
-    def abort(self) -> None:
-        """Cut the connection: the client must not take a partial body for a whole one."""
-        self._done = True
-        self._conn.abort()
-
-    def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        lines = [b"HTTP/1.1 %d %s\r\ndate: %s\r\n" % (status, _reason(status), _date())]
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        return b"".join(lines)
-
-    def _finish(self) -> None:
-        self._done = True
-        self._conn.finished(self)
-
+# After a refusal sent before the request was read whole (413, 431, 400, 503), the
+# connection is half-closed and what the client still sends is read and dropped for
+# up to this long: closing with unread data would answer it with a reset, which
+# often destroys the refusal before the client reads it (nginx's lingering close).
+LINGER_S = 5.0
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 Handler = Callable[[Exchange], Awaitable[None]]
-# Answers a request the server itself refuses: (exchange, 400 | 413 | 500, detail).
+# Answers a request the server itself refuses: (exchange, 400 | 413 | 431 | 500 | 503, detail).
 Refuser = Callable[[Exchange, int, str], None]
 
 
@@ -144,7 +46,10 @@ class HTTPConnection(asyncio.Protocol):
         self._max_body = server.max_body_bytes
         self._refuse = server.refuse
         self._idle_timeout = server.idle_timeout
+        self._write_timeout = server.write_timeout
         self._tracker = server.connections
+        # Over the server's connection cap: the first request is refused with 503.
+        self._over_capacity = len(server.connections) >= server.max_connections
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -155,7 +60,13 @@ class HTTPConnection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
-        self._refusal = ""
+        self._lingering = False
+        self._refusal: tuple[int, str] | None = None
+        # Bytes of the request head (line and headers) read so far, counted as they arrive,
+        # so that a head that never ends is refused at the limit, not buffered until a timeout.
+        self._in_head = True
+        self._head_bytes = 0
+        self._continue_pending = False
         self._reset_message()
 
     # asyncio.Protocol
@@ -163,18 +74,26 @@ class HTTPConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._tracker.add(self)
-        self._arm_idle()
+        if self._over_capacity:
+            self._arm(self.abort, LINGER_S)  # a refused connection is not held for the idle timeout
+        else:
+            self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
-            return
+            return  # refused: what still arrives is dropped while the connection lingers
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject("Protocol upgrades are not supported.")
+            self._reject(400, "Protocol upgrades are not supported.")
         except httptools.HttpParserError as exc:
             # An exception raised in a callback reaches here as "User callback error"; say what it was.
-            self._reject(self._refusal or f"Malformed HTTP request: {exc}.")
+            self._reject(*(self._refusal or (400, f"Malformed HTTP request: {exc}.")))
+        else:
+            if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self._closing:
+                self._reject(431, f"Request headers are larger than {MAX_HEADER_BYTES} bytes.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._tracker.discard(self)
@@ -206,7 +125,7 @@ class HTTPConnection(asyncio.Protocol):
         self._reset_message()
         # A request must arrive whole within the idle timeout: a client trickling
         # headers or body cannot hold a connection forever.
-        self._arm(self._abort_slow_request)
+        self._arm(self._abort_slow_request, LINGER_S if self._over_capacity else None)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -215,38 +134,53 @@ class HTTPConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
-            self._refusal = f"Request headers are larger than {MAX_HEADER_BYTES} bytes."
-            raise httptools.HttpParserError(self._refusal)
+            self._refusal = (431, f"Request headers are larger than {MAX_HEADER_BYTES} bytes.")
+            raise httptools.HttpParserError(self._refusal[1])
+        if len(self._headers) >= MAX_HEADER_COUNT:
+            self._refusal = (431, f"A request may carry at most {MAX_HEADER_COUNT} headers.")
+            raise httptools.HttpParserError(self._refusal[1])
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         length = next((v for k, v in self._headers if k.lower() == b"content-length"), None)
-        if length is not None and length.isdigit() and int(length) > self._max_body:
-            self._refuse_body()
+        if self._over_capacity:
+            self._refuse_early(503, "The router is at its connection limit.")
+        elif length is not None and length.isdigit() and int(length) > self._max_body:
+            self._refuse_early(413, "")
         elif any(k.lower() == b"expect" and v.lower() == b"100-continue" for k, v in self._headers):
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # Between responses only: a pipelined request ahead may still be mid-answer.
+            if self.busy:
+                self._continue_pending = True
+            else:
+                self.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         if self._closing:
             return
         self._body_bytes += len(body)
         if self._body_bytes > self._max_body:
-            self._refuse_body()  # a chunked upload, found too large on the way
+            self._refuse_early(413, "")  # a chunked upload, found too large on the way
         else:
             self._body.append(body)
 
-    def _refuse_body(self) -> None:
-        """413 now, without reading the rest of the body, and close."""
+    def _refuse_early(self, status: int, detail: str) -> None:
+        """Refuse now, without reading the rest of the request; the connection then lingers and closes."""
+        self._continue_pending = False
         if self._current is None and not self._queue:
             exchange = Exchange(self, self._parser.get_method(), self._url, self._headers, b"", False, False)
             self._current = exchange
-            self._refuse(exchange, 413, "")
+            self._lingering = True
+            self._refuse(exchange, status, detail)
         else:
-            self.abort()  # an oversized upload pipelined behind another request
+            self.abort()  # refused behind a pipelined request still being answered
         self._closing = True
 
     def on_message_complete(self) -> None:
         self._cancel_timer()
+        self._in_head = True
+        self._head_bytes = 0
+        self._continue_pending = False  # the body came without it
         if self._closing:
             return
         exchange = Exchange(
@@ -266,8 +200,14 @@ class HTTPConnection(asyncio.Protocol):
             self._transport.write(data)
 
     async def drain(self) -> None:
+        """Wait while the client's buffer is full; a client that stops reading is cut off after the write timeout."""
         if self._writable is not None and not self._writable.done():
-            await self._writable
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await asyncio.shield(self._writable)
+            except TimeoutError:
+                log.info("closing a connection whose client read nothing for %g s", self._write_timeout)
+                self.abort()
         if self._closing:
             raise ConnectionResetError("client disconnected")
 
@@ -280,12 +220,26 @@ class HTTPConnection(asyncio.Protocol):
         if exchange is not self._current:
             return
         self._current = None
+        if self._lingering:
+            self._linger()
+            return
         if not exchange.keep_alive or self._closing:
             self._closing = True
             if self._transport is not None:
                 self._transport.close()
             return
         self._next()
+
+    def _linger(self) -> None:
+        """Half-close after a refusal, keep dropping input for LINGER_S, then close."""
+        self._closing = True
+        if self._transport is None or self._transport.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self._transport.write_eof()  # sent after the refusal: the client reads it, then our FIN
+        self._arm(self._transport.close, LINGER_S)
 
     def shutdown(self) -> None:
         """Stop taking requests: close now if idle, else after the current response."""
@@ -308,6 +262,9 @@ class HTTPConnection(asyncio.Protocol):
         if self._current is not None or self._closing:
             return
         if not self._queue:
+            if self._continue_pending:  # the request being read may send its body now
+                self._continue_pending = False
+                self.write(_CONTINUE)
             self._arm_idle()
             return
         exchange = self._queue.popleft()
@@ -332,13 +289,15 @@ class HTTPConnection(asyncio.Protocol):
         if not exchange._done:  # a handler that forgot to finish must not hang the connection
             exchange.abort()
 
-    def _reject(self, message: str) -> None:
-        """400 for a request that cannot be parsed, then close (the stream cannot be resynchronised)."""
+    def _reject(self, status: int, message: str) -> None:
+        """400 (431 for an oversized head) for a request that cannot be parsed, then close:
+        the stream cannot be resynchronised."""
         self._queue.clear()
         if self._current is None:
             exchange = Exchange(self, b"GET", b"/", [], b"", False, False)
             self._current = exchange
-            self._refuse(exchange, 400, message)
+            self._lingering = True
+            self._refuse(exchange, status, message)
         else:
             self.abort()
         self._closing = True
@@ -346,9 +305,9 @@ class HTTPConnection(asyncio.Protocol):
     def _arm_idle(self) -> None:
         self._arm(self._idle_expired)
 
-    def _arm(self, callback: Callable[[], None]) -> None:
+    def _arm(self, callback: Callable[[], None], delay: float | None = None) -> None:
         self._cancel_timer()
-        self._timer = self._loop.call_later(self._idle_timeout, callback)
+        self._timer = self._loop.call_later(self._idle_timeout if delay is None else delay, callback)
 
     def _abort_slow_request(self) -> None:
         log.info("closing a connection whose request did not arrive within %g s", self._idle_timeout)
@@ -357,7 +316,10 @@ class HTTPConnection(asyncio.Protocol):
     def _idle_expired(self) -> None:
         if self._current is None and not self._queue and self._transport is not None:
             self._closing = True
-            self._transport.close()
+            if self._transport.get_write_buffer_size():
+                self._transport.abort()  # an answer the client never read: close() would wait for it forever
+            else:
+                self._transport.close()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -369,12 +331,19 @@ class HTTPConnection(asyncio.Protocol):
 class HTTPServer:
     """The protocol factory for `loop.create_server`, and graceful shutdown of its connections."""
 
-    def __init__(self, handler: Handler, refuse: Refuser, max_body_bytes: int, idle_timeout: float = 75.0) -> None:
+    def __init__(self, handler: Handler, refuse: Refuser, max_body_bytes: int, idle_timeout: float = 75.0,
+                 write_timeout: float = 60.0, max_connections: int = 10_000) -> None:
         self.handler = handler
         self.refuse = refuse
         self.max_body_bytes = max_body_bytes
         # Above common client and load-balancer idle timeouts, so they close first (no reuse race).
         self.idle_timeout = idle_timeout
+        # A client that reads nothing of a stream for this long is cut off, which frees its backend
+        # (nginx's send_timeout is 60 s).
+        self.write_timeout = write_timeout
+        # Open connections beyond this are answered 503: each costs a descriptor and buffers, and a
+        # router out of descriptors cannot accept anyone.
+        self.max_connections = max_connections
         self.connections: set[HTTPConnection] = set()
 
     def __call__(self) -> HTTPConnection:

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-body-bytes", type=int, default=int(_env("max_body_bytes", 16 << 20)), help="larger requests get 413")
     parser.add_argument("--connect-timeout", type=float, default=float(_env("connect_timeout", 5.0)), help="seconds to open a backend connection")
     parser.add_argument("--read-timeout", type=float, default=float(_env("read_timeout", 600.0)), help="seconds a backend may send nothing before 504")
+    parser.add_argument("--write-timeout", type=float, default=float(_env("write_timeout", 60.0)), help="seconds a client may read nothing of an answer before it is cut off")
+    parser.add_argument("--max-connections", type=int, default=int(_env("max_connections", 10_000)), help="open client connections beyond this are answered 503")
     parser.add_argument("--drain-timeout", type=float, default=float(_env("drain_timeout", 30.0)), help="seconds in-flight requests may finish after SIGTERM")
     parser.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -62,7 +64,8 @@ def load_keys(args: argparse.Namespace) -> list[str]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings = RouterSettings(args.max_body_bytes, args.connect_timeout, args.read_timeout)
+    settings = RouterSettings(args.max_body_bytes, args.connect_timeout, args.read_timeout, args.write_timeout,
+                              args.max_connections)
     keys = ApiKeys(load_keys(args))
     router = Router(settings, keys)
     background: list[Coroutine[Any, Any, None]] = []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from localmodel_server.protocol.errors import APIError, method_not_allowed, not_found
-from localmodel_server.protocol.ollama import OLLAMA_API_VERSION
+from localmodel_server.protocol.ollama import OLLAMA_API_VERSION, error_body
 
 from .metrics import UNROUTED
 from .proxy import forward_header_block
@@ -25,7 +25,7 @@ from .routes import RouteEntry, not_ready
 
 if TYPE_CHECKING:
     from .app import Router
-    from .http1 import Exchange
+    from .exchange import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 def send_ollama_error(exchange: Exchange, exc: APIError) -> None:
-    headers = _JSON + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    exchange.respond(exc.status_code, headers, orjson.dumps({"error": exc.message}))
+    exchange.respond(exc.status_code, exc.raw_headers(), error_body(exc.message))
 
 
 def model_not_found(name: str) -> APIError:

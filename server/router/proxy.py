@@ -1,30 +1,60 @@
 """The hot path: send one request to a model's backends and relay the answer.
 
-Bodies pass through as bytes. A non-streamed answer is read whole and then
-sent, so a backend failing at any point before that can be retried; a streamed
-answer (no Content-Length, e.g. SSE) is relayed chunk by chunk as it arrives,
-and is retried only while its first chunk has not reached the client.
+Bodies pass through as bytes: a non-streamed answer is read whole and then
+sent; a streamed one (no Content-Length, e.g. SSE) is relayed chunk by chunk.
+
+A request is sent to another endpoint only when the first cannot have done
+any of its work: the connection was never made, or the backend refused it
+with 503 and Retry-After before any body. A backend that received the request
+and then failed (closed, crashed, timed out, answered 5xx) may have acted on
+it, so its failure is the client's answer: a POST is never replayed, and a
+request that crashes backends cannot walk through every replica. Retries are
+bounded to one more endpoint, as KubeAI's proxy bounds its own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from enum import Enum
 
 import orjson
 
 from localmodel_server.protocol.errors import QUEUE_FULL, APIError, bad_gateway, gateway_timeout, service_unavailable
 
 from .balancer import Balancer, NoEndpoint, parse_retry_after
-from .http1 import Exchange
+from .exchange import Exchange
 from .metrics import RouterMetrics
 from .routes import RouteEntry
 from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool, UpstreamTimeout, find_header
 
 log = logging.getLogger(__name__)
 
-# Backend answers that mean "try another endpoint" (the backend did no work).
-RETRY_STATUSES = frozenset({502, 503})
+
+
+class Outcome(Enum):
+    """How one try at an endpoint failed, as far as trying another is concerned."""
+
+    CONNECT_FAILED = "connect"  # no connection: not a byte of the request left
+    REFUSED = "refused"  # 503 with Retry-After, before any body: the backend did no work
+    DISCONNECTED = "disconnect"  # the request was sent and the backend broke off: it may have acted
+    TIMED_OUT = "timeout"  # the request was sent and the backend went silent: it may still be acting
+
+
+# The outcomes after which another endpoint may be tried: those where the first did no work.
+RETRYABLE = frozenset({Outcome.CONNECT_FAILED, Outcome.REFUSED})
+# Endpoints one request may reach: the first, and one more.
+MAX_ENDPOINTS_PER_REQUEST = 2
+
+
+def may_try_another(outcome: Outcome, endpoints_tried: int) -> bool:
+    return outcome in RETRYABLE and endpoints_tried < MAX_ENDPOINTS_PER_REQUEST
+
+
+def is_refusal(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """A 503 that says when to come back: the backend turned the request away without working on it."""
+    return status == 503 and find_header(headers, b"retry-after") is not None
+
 # An endpoint that refused a connection rests this long, so that each request
 # until discovery drops it does not pay for a failed connect first.
 CONNECT_FAILURE_REST_S = 1.0
@@ -61,7 +91,7 @@ def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
 
 
 class _BackendRefused(Exception):
-    """A backend answered 502/503: kept whole, to be relayed if no other endpoint is left."""
+    """A backend refused (503 + Retry-After): kept whole, to be relayed if no other endpoint takes the request."""
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         super().__init__(f"backend answered {status}")
@@ -88,18 +118,17 @@ class Proxy:
         self.metrics = metrics
 
     async def forward(self, exchange: Exchange, entry: RouteEntry, header_block: bytes) -> None:
-        """Answer `exchange` from one of `entry`'s endpoints, trying the next on a safe failure."""
+        """Answer `exchange` from one of `entry`'s endpoints; another is tried only after a failure in RETRYABLE."""
         model = entry.name
         tried: list[str] = []
         refused: _BackendRefused | None = None
-        failure: UpstreamError | None = None
+        failure: ConnectFailed | None = None
         while True:
             try:
                 endpoint = self.balancer.pick(entry.endpoints, tried)
             except NoEndpoint as exc:
                 if refused is not None:
-                    # Every endpoint refused: the last refusal is the most useful answer.
-                    exchange.respond(refused.status, _response_headers(refused.headers), refused.body)
+                    self._relay_refusal(exchange, refused)
                     return
                 raise self._exhausted(entry, tried, failure, exc) from None
             if tried:
@@ -111,30 +140,51 @@ class Proxy:
             except _BackendRefused as exc:
                 refused = exc
                 self.metrics.upstream_errors.labels(model, f"status_{exc.status}").inc()
-                retry_after = find_header(exc.headers, b"retry-after")
-                pause = parse_retry_after(retry_after.decode("latin-1") if retry_after is not None else None)
-                # A full queue is relayed as it is; resting the endpoint for its Retry-After would refuse
-                # every client in that time, while the backend frees a slot with each finished request.
-                if pause is not None and not exc.queue_full:
-                    self.balancer.cool_down(endpoint.url, pause, f"its backends asked to retry after {math.ceil(pause)} s")
+                self._rest_if_asked(endpoint.url, exc)
+                if not may_try_another(Outcome.REFUSED, len(tried)):
+                    self._relay_refusal(exchange, exc)
+                    return
+            except ConnectFailed as exc:
+                failure = exc
+                self.metrics.upstream_errors.labels(model, exc.reason).inc()
+                self.balancer.cool_down(endpoint.url, CONNECT_FAILURE_REST_S, f"no backend accepted a connection ({exc})")
+                if not may_try_another(Outcome.CONNECT_FAILED, len(tried)):
+                    if refused is not None:
+                        self._relay_refusal(exchange, refused)
+                        return
+                    raise self._exhausted(entry, tried, failure, None) from None
+                log.warning("model %s: %s; trying another endpoint", model, exc)
             except UpstreamTimeout as exc:
-                # A slow backend is not a dead one; piling the same work onto another does not help.
+                # A slow backend is not a dead one, and it may still be working on the request.
                 self.metrics.upstream_errors.labels(model, exc.reason).inc()
                 raise gateway_timeout(f"The backend for model '{model}' did not answer in time: {exc}.") from None
             except UpstreamError as exc:
-                failure = exc
+                # The backend had the request: it may have acted on it (or crashed on it), so no replay.
                 self.metrics.upstream_errors.labels(model, exc.reason).inc()
-                if isinstance(exc, ConnectFailed):
-                    self.balancer.cool_down(endpoint.url, CONNECT_FAILURE_REST_S, f"no backend accepted a connection ({exc})")
-                log.warning("model %s: %s; %s", model, exc, "retrying on another endpoint" if len(tried) < len(entry.endpoints) else "no endpoint left")
+                log.warning("model %s: %s after the request was sent; not retried", model, exc)
+                raise bad_gateway(f"The backend of model '{model}' failed before answering: {exc}. "
+                                  "The request was not retried, as the backend may have acted on it.") from None
             finally:
                 endpoint.in_flight -= 1
+
+    def _rest_if_asked(self, url: str, refusal: _BackendRefused) -> None:
+        retry_after = find_header(refusal.headers, b"retry-after")
+        pause = parse_retry_after(retry_after.decode("latin-1") if retry_after is not None else None)
+        # A full queue keeps its endpoint in rotation: resting it for its Retry-After would refuse
+        # every client in that time, while the backend frees a slot with each finished request.
+        if pause is not None and not refusal.queue_full:
+            self.balancer.cool_down(url, pause, f"its backends asked to retry after {math.ceil(pause)} s")
+
+    @staticmethod
+    def _relay_refusal(exchange: Exchange, refusal: _BackendRefused) -> None:
+        # The backend's own 503 says best when to come back.
+        exchange.respond(refusal.status, _response_headers(refusal.headers), refusal.body)
 
     async def _attempt(self, exchange: Exchange, url: str, header_block: bytes) -> None:
         """One try. Raises UpstreamError or _BackendRefused only while the client has seen nothing."""
         upstream = await self.pool.request(url, exchange.method, exchange.target, header_block, exchange.body)
         try:
-            if upstream.status in RETRY_STATUSES:
+            if is_refusal(upstream.status, upstream.headers):
                 raise _BackendRefused(upstream.status, upstream.headers, await upstream.read())
             if upstream.header(b"content-length") is not None:
                 data = await upstream.read()
@@ -161,15 +211,15 @@ class Proxy:
         log.warning("backend failed mid-stream: %s", exc)
         content_type = (upstream.header(b"content-type") or b"").lower()
         if content_type.startswith(b"text/event-stream"):
-            # OpenAI's SDKs raise an APIError when an SSE event carries "error".
-            error = bad_gateway(f"The backend failed while streaming the answer: {exc}.")
-            exchange.end(b"data: " + orjson.dumps(error.body()) + b"\n\n")
+            exchange.end(bad_gateway(f"The backend failed while streaming the answer: {exc}.").sse_event())
         else:
             # Any other body: cut the connection so the client cannot take a partial body for a whole one.
             exchange.abort()
 
-    def _exhausted(self, entry: RouteEntry, tried: list[str], failure: UpstreamError | None, resting: NoEndpoint) -> APIError:
+    def _exhausted(self, entry: RouteEntry, tried: list[str], failure: ConnectFailed | None,
+                   resting: NoEndpoint | None) -> APIError:
         if failure is None:
+            assert resting is not None
             wait = max(1, math.ceil(resting.retry_after or 1))
             return service_unavailable(
                 f"The model '{entry.name}' cannot answer now: {resting.reason or 'no endpoint is available'}.",

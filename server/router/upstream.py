@@ -11,18 +11,20 @@ httptools' C parser (llhttp, the parser Node.js uses).
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
 
+from localmodel_server.http_limits import POOLED_REUSE_S
+
 # Reading pauses while this much of a response waits for a slow client.
 _HIGH_WATER = 1 << 20
-# An idle pooled connection older than this is closed rather than reused: it
-# stays below common server keep-alive timeouts (uvicorn: 5 s), which keeps the
-# race with a server closing it rare.
-_IDLE_REUSE_S = 4.0
+# An idle pooled connection older than this is closed rather than reused: it stays
+# inside the model server's keep-alive, which both sides take from one setting.
+IDLE_REUSE_S = POOLED_REUSE_S
 _MAX_IDLE_PER_ORIGIN = 256
 
 
@@ -68,10 +70,15 @@ def find_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None
 
 
 class Response:
-    """A backend's answer; its body arrives through `read()` or `next_chunk()`."""
+    """A backend's answer; its body arrives through `read()` or `next_chunk()`.
+
+    It holds its connection only until the message is complete: from then on the
+    connection is back in the pool and belongs to the next request, so nothing a
+    slow reader of this answer does (resume reading, abort) may reach it.
+    """
 
     def __init__(self, conn: _Connection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self._conn = conn
+        self._conn: _Connection | None = conn
         self.status = status
         self.headers = headers
         self._chunks: deque[bytes] = deque()
@@ -87,6 +94,11 @@ class Response:
     def complete(self) -> bool:
         return self._complete
 
+    @property
+    def buffered(self) -> int:
+        """Body bytes received and not yet read: bounded near _HIGH_WATER by pausing the connection."""
+        return self._buffered
+
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body as the backend sent it; None at its end."""
         while not self._chunks:
@@ -101,7 +113,7 @@ class Response:
                 self._waiter = None
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
-        if self._buffered < _HIGH_WATER:
+        if self._buffered < _HIGH_WATER and self._conn is not None:
             self._conn.resume()
         return chunk
 
@@ -113,23 +125,27 @@ class Response:
 
     def close(self) -> None:
         """Abort the connection unless the whole answer arrived (frees the backend's slot)."""
-        if not self._complete:
+        if self._conn is not None:
             self._conn.abort()
+            self._conn = None
 
     def _feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered >= _HIGH_WATER:
+        if self._buffered >= _HIGH_WATER and self._conn is not None:
             self._conn.pause()
         self._wake()
 
     def _finish(self) -> None:
+        """The message is complete: let go of the connection before the pool hands it on."""
         self._complete = True
+        self._conn = None
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
         if not self._complete:
             self._error = error
+            self._conn = None
             self._wake()
 
     def _wake(self) -> None:
@@ -215,6 +231,20 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def readable(self) -> bool:
+        """Whether the idle socket has something to read that the loop has not seen yet.
+
+        An idle connection has nothing to say, so that something is the server's close
+        (or garbage): the connection must not carry a request. One poll(2), as urllib3
+        checks a pooled connection before it reuses it.
+        """
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
     def pause(self) -> None:
         if not self._paused and self._transport is not None:
             self._paused = True
@@ -267,7 +297,9 @@ class UpstreamPool:
         """Send one request to the backend at `url`; returns once its status and headers arrived.
 
         `header_block` is the already-filtered "Name: value\\r\\n" lines to forward.
-        A pooled connection the backend had already closed is replaced once.
+        The request is written once: a failure after that (UpstreamClosed, UpstreamTimeout)
+        is raised, never replayed here, because the backend may have received it. What
+        keeps a reused connection from failing is checking it before the write.
         """
         origin = self.origin(url)
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n" % (
@@ -275,13 +307,8 @@ class UpstreamPool:
         )
         # One write for small bodies (one segment on the wire); big ones are not copied.
         data = [head + body] if len(body) < 65536 else [head, body]
-        conn = self._take_idle(origin)
-        if conn is not None:
-            try:
-                return await self._exchange(conn, data)
-            except UpstreamClosed:
-                pass  # the server closed the idle connection as we reused it
-        return await self._exchange(await self._connect(origin), data)
+        conn = self._take_idle(origin) or await self._connect(origin)
+        return await self._exchange(conn, data)
 
     def release(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.origin, [])
@@ -310,7 +337,7 @@ class UpstreamPool:
         now = self.loop.time()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < _IDLE_REUSE_S:
+            if not conn.closed and now - conn.idle_since < IDLE_REUSE_S and not conn.readable():
                 return conn
             conn.abort()
         return None

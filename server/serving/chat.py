@@ -66,13 +66,13 @@ class ChatService(g.GenerationService):
             return ResponseMessage(content=None, tool_calls=calls), "tool_calls"
         return ResponseMessage(content=text), "length" if finished.reason == "length" else "stop"
 
-    async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
+    async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[str | errors.APIError]:
         """Validate now (errors become HTTP statuses), then return the SSE body."""
         plan, forced = self._prepare(req)
         return self._stream_body(req, self._start_stream(plan), forced)
 
     async def _stream_body(self, req: ChatCompletionRequest, events: AsyncIterator[g.Delta | g.Finished],
-                           forced: bool) -> AsyncIterator[str]:
+                           forced: bool) -> AsyncIterator[str | errors.APIError]:
         chunk_id, created, model = g.new_id("chatcmpl"), g.now(), self.runtime.settings.model_id
 
         def chunk(delta: ChatDelta, reason: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
@@ -99,7 +99,7 @@ class ChatService(g.GenerationService):
                 yield chunk(ChatDelta(content=event.text), logprobs=logprobs)
                 continue
             if event.reason == "error":
-                yield errors.internal_error().body_bytes().decode()
+                yield errors.internal_error()  # each front frames it in its own protocol
                 return
             reason = "length" if event.reason == "length" else "stop"
             if held is not None:

@@ -40,12 +40,12 @@ class CompletionService(g.GenerationService):
             usage=g.usage(finished),
         )
 
-    async def stream(self, req: CompletionRequest) -> AsyncIterator[str]:
+    async def stream(self, req: CompletionRequest) -> AsyncIterator[str | errors.APIError]:
         plan, echo = self._prepare(req)
         return self._stream_body(req, self._start_stream(plan), echo)
 
     async def _stream_body(self, req: CompletionRequest, events: AsyncIterator[g.Delta | g.Finished],
-                           echo: str) -> AsyncIterator[str]:
+                           echo: str) -> AsyncIterator[str | errors.APIError]:
         chunk_id, created, model = g.new_id("cmpl"), g.now(), self.runtime.settings.model_id
 
         def chunk(text: str, reason: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
@@ -64,7 +64,7 @@ class CompletionService(g.GenerationService):
                 yield chunk(event.text, logprobs=logprobs)
                 continue
             if event.reason == "error":
-                yield errors.internal_error().body_bytes().decode()
+                yield errors.internal_error()  # each front frames it in its own protocol
                 return
             yield chunk("", "length" if event.reason == "length" else "stop")
             if req.include_usage_in_stream:

@@ -256,17 +256,18 @@ class OllamaService:
         return {"model": req.model, "created_at": created_at(), "response": result.text, "done": True,
                 **clock.timings(_done_reason(finished.reason), finished.prompt_tokens, finished.completion_tokens)}
 
-    async def _relay(self, body: AsyncIterator[str], model: str, clock: _Clock, *, chat: bool) -> AsyncIterator[bytes]:
+    async def _relay(self, body: AsyncIterator[str | errors.APIError], model: str, clock: _Clock, *,
+                     chat: bool) -> AsyncIterator[bytes]:
         """Re-frame the shared service's OpenAI stream chunks as Ollama's NDJSON messages."""
         reason: str | None = None
         try:
             async for frame in body:
+                if isinstance(frame, errors.APIError):
+                    yield o.error_body(frame.message) + b"\n"
+                    return
                 if frame == "[DONE]":
                     continue
                 chunk = orjson.loads(frame)
-                if "error" in chunk:
-                    yield ndjson({"error": chunk["error"].get("message", "internal error")})
-                    return
                 usage = chunk.get("usage")
                 if usage is not None and not chunk.get("choices"):
                     final = {"model": model, "created_at": created_at(), "done": True,

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -233,7 +234,8 @@ def test_all_backends_dead_is_a_clean_502(fake_backend, router_process):
     assert "connect" in again.json()["error"]["message"]
 
 
-def test_backend_killed_before_answering_is_retried_on_another(fake_backend, router_process):
+def test_backend_killed_after_receiving_the_request_is_not_replayed(fake_backend, router_process):
+    # It may have acted on the POST: only the client can decide whether to send it again.
     slow, fast = fake_backend("m"), fake_backend("m")
     slow.configure(response_delay=60)
     router = router_process("--route", f"m={slow.base_url},{fast.base_url}")
@@ -247,12 +249,70 @@ def test_backend_killed_before_answering_is_retried_on_another(fake_backend, rou
             break
         thread.join()
         results.clear()
-    answered_before = fast.stats()["finished"]
+    asked_before = fast.stats()["requests"]
     slow.stop(signal.SIGKILL)
     thread.join(30)
-    assert [r.status_code for r in results] == [200]
-    assert fast.stats()["finished"] == answered_before + 1
+    assert [r.status_code for r in results] == [502]
+    error = results[0].json()["error"]
+    assert error["code"] == "bad_gateway" and "not retried" in error["message"]
+    assert fast.stats()["requests"] == asked_before
     assert router.metric("localmodel_router_upstream_errors_total", model="m", reason="disconnect") == 1
+    assert router.metric("localmodel_router_retries_total", model="m") == 0
+
+
+def test_a_request_that_crashes_its_backend_does_not_walk_through_the_replicas(fake_backend, router_process):
+    backends = [fake_backend("m") for _ in range(3)]
+    for backend in backends:
+        backend.configure(die_on_request=True)
+    router = router_process("--route", "m=" + ",".join(b.base_url for b in backends))
+    response = post(router, {"model": "m", "messages": []})
+    assert response.status_code == 502 and response.json()["error"]["code"] == "bad_gateway"
+    time.sleep(0.5)  # let any replay reach (and kill) a second replica before counting
+    assert sum(b.proc.poll() is not None for b in backends) == 1
+
+
+def test_retries_stop_after_one_more_endpoint(fake_backend, router_process):
+    backends = [fake_backend("m") for _ in range(3)]
+    for backend in backends:
+        backend.configure(status=503, retry_after=30)
+    router = router_process("--route", "m=" + ",".join(b.base_url for b in backends))
+    response = post(router, {"model": "m", "messages": []})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "30"
+    assert sorted(b.stats()["requests"] for b in backends) == [0, 1, 1]
+    assert router.metric("localmodel_router_retries_total", model="m") == 1
+
+
+def test_connect_failures_stop_after_one_more_endpoint(fake_backend, router_process):
+    backends = [fake_backend("m") for _ in range(3)]
+    router = router_process("--route", "m=" + ",".join(b.base_url for b in backends))
+    for backend in backends:
+        backend.stop(signal.SIGKILL)
+    response = post(router, {"model": "m", "messages": []})
+    assert response.status_code == 502 and "tried 2 endpoints" in response.json()["error"]["message"]
+    assert router.metric("localmodel_router_upstream_errors_total", model="m", reason="connect") == 2
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_an_error_without_retry_after_is_the_answer_not_a_reason_to_retry(fake_backend, router_process, status):
+    # Only a 503 with Retry-After says the backend did no work; any other 5xx may come after some.
+    backends = [fake_backend("m") for _ in range(2)]
+    for backend in backends:
+        backend.configure(status=status)
+    router = router_process("--route", "m=" + ",".join(b.base_url for b in backends))
+    response = post(router, {"model": "m", "messages": []})
+    assert response.status_code == status and "answers" in response.json()["error"]["message"]
+    assert sum(b.stats()["requests"] for b in backends) == 1
+
+
+def test_a_full_queue_is_tried_once_on_another_endpoint_and_stays_in_rotation(fake_backend, router_process):
+    full, free = fake_backend("m"), fake_backend("m")
+    full.configure(status=503, retry_after=30, error_code="queue_full")
+    router = router_process("--route", f"m={full.base_url},{free.base_url}")
+    for _ in range(4):
+        assert post(router, {"model": "m", "messages": []}).status_code == 200
+    # Refused with nothing done, so safe to send elsewhere; and not rested, since a slot frees soon.
+    assert full.stats()["requests"] >= 2
+    assert free.stats()["requests"] == 4
 
 
 def test_backend_dying_mid_stream_is_a_clean_error_event(fake_backend, router_process):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from localmodel_server.router.upstream import ConnectFailed, UpstreamClosed, UpstreamPool, UpstreamTimeout
+from localmodel_server import http_limits
+from localmodel_server.router.upstream import IDLE_REUSE_S, ConnectFailed, UpstreamClosed, UpstreamPool, UpstreamTimeout
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -63,7 +67,7 @@ def test_connections_are_reused():
     assert len(run(keep_alive, client)) == 1
 
 
-def test_a_pooled_connection_the_server_closed_is_replaced_transparently():
+def test_a_pooled_connection_the_server_closed_is_not_reused():
     async def one_answer_then_silent_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(OK)  # keep-alive promised (HTTP/1.1 default), then the server closes anyway
@@ -72,10 +76,62 @@ def test_a_pooled_connection_the_server_closed_is_replaced_transparently():
     async def client(pool: UpstreamPool, url: str, accepted: list[int]) -> None:
         first = await pool.request(url, b"POST", b"/", b"", b"{}")
         await first.read()
+        await asyncio.sleep(0.05)  # the close arrives
         second = await pool.request(url, b"POST", b"/", b"", b"{}")
         assert second.status == 200
 
     assert len(run(one_answer_then_silent_close, client)) == 2
+
+
+def test_a_close_the_loop_has_not_seen_yet_keeps_the_connection_out_of_use():
+    # The server is in another thread and closes while this loop is blocked, so the close waits
+    # unread in the socket when the pool next wants the connection: it must look before it writes.
+    requests: list[bytes] = []
+
+    def serve(listener: socket.socket) -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                requests.append(conn.recv(65536))
+                conn.sendall(OK)
+
+    async def main() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+            thread.start()
+            pool = UpstreamPool()
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+            try:
+                first = await pool.request(url, b"POST", b"/", b"", b"{}")
+                await first.read()
+                time.sleep(0.2)  # blocks the loop: the server's close is in the socket, unseen
+                second = await pool.request(url, b"POST", b"/", b"", b"{}")
+                assert second.status == 200 and await second.read() == b"{}"
+            finally:
+                pool.close()
+            thread.join(5)
+
+    asyncio.run(main())
+    assert len(requests) == 2
+
+
+def test_a_request_the_backend_received_on_a_reused_connection_is_not_replayed():
+    seen: list[bytes] = []
+
+    async def answer_once_then_crash_on_the_next(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        seen.append(await read_request(reader))  # the backend has it, and goes away without an answer
+
+    async def client(pool: UpstreamPool, url: str, accepted: list[int]) -> None:
+        first = await pool.request(url, b"POST", b"/", b"", b"{}")
+        await first.read()
+        with pytest.raises(UpstreamClosed):
+            await pool.request(url, b"POST", b"/", b"", b'{"n": 2}')
+
+    assert len(run(answer_once_then_crash_on_the_next, client)) == 1
+    assert len(seen) == 1
 
 
 def test_refused_connection_is_connect_failed():
@@ -149,3 +205,43 @@ def test_closing_an_unfinished_response_closes_the_connection():
 
     assert len(run(endless, client)) == 2
     assert disconnected
+
+
+def test_a_finished_answer_lets_go_of_the_connection_the_next_request_owns():
+    pieces, big = 200, 8 << 20
+
+    async def two_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"3\r\nabc\r\n" * pieces + b"0\r\n\r\n")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (big, b"y" * big))
+        await writer.drain()
+
+    async def client(pool: UpstreamPool, url: str, accepted: list[int]) -> None:
+        first = await pool.request(url, b"POST", b"/", b"", b"{}")
+        while not first.complete:  # all of it arrives; nobody reads it yet
+            await asyncio.sleep(0.01)
+        second = await pool.request(url, b"POST", b"/", b"", b"{}")  # on the same, released, connection
+        while second.buffered < 1 << 20:  # the second answer fills its buffer and pauses the connection
+            await asyncio.sleep(0.01)
+        # A slow reader of the first answer catches up, piece by piece, as a proxy relaying it would ...
+        while await first.next_chunk() is not None:
+            await asyncio.sleep(0.001)
+        # ... and must not have resumed reading for the second, which nobody reads.
+        assert second.buffered < 2 << 20
+        assert len(await second.read()) == big
+
+    assert len(run(two_answers, client)) == 1
+
+
+def test_an_idle_connection_is_reused_inside_the_servers_keep_alive():
+    # Above the 4 s the pool once assumed (uvicorn's default), well inside the server's own setting.
+    assert IDLE_REUSE_S < http_limits.SERVER_KEEP_ALIVE_S
+
+    async def client(pool: UpstreamPool, url: str, accepted: list[int]) -> None:
+        await (await pool.request(url, b"POST", b"/", b"", b"{}")).read()
+        await asyncio.sleep(4.5)
+        await (await pool.request(url, b"POST", b"/", b"", b"{}")).read()
+
+    assert len(run(keep_alive, client)) == 1

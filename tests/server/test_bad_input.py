@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import httpx
 import openai
 import pytest
@@ -115,6 +118,8 @@ def test_oversized_body_is_413(chat_server):
     huge = {"model": "llama3", "messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024)}]}
     response = httpx.post(f"{chat_server.base_url}/v1/chat/completions", json=huge)
     assert_envelope(response, 413, "request_too_large", None)
+    # Refused before the app runs, yet sent as every other error is: whole, with its length.
+    assert response.headers["content-length"] == str(len(response.content))
 
 
 def test_oversized_chunked_body_is_413(chat_server):
@@ -125,6 +130,49 @@ def test_oversized_chunked_body_is_413(chat_server):
     response = httpx.post(f"{chat_server.base_url}/v1/chat/completions", content=body(),
                           headers={"content-type": "application/json"})
     assert_envelope(response, 413, "request_too_large", None)
+
+
+def raw_exchange(server, data: bytes, piece: int = 1 << 20) -> bytes:
+    """Send raw bytes in pieces (stopping if the server closes), then read until it closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for i in range(0, len(data), piece):
+            try:
+                sock.sendall(data[i:i + piece])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def assert_431(raw: bytes, fragment: bytes) -> None:
+    assert raw.startswith(b"HTTP/1.1 431 "), raw[:300]
+    assert fragment in raw
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_headers_too_large"
+
+
+# The router's limits, kept by the server too: a server pod is reachable without the router.
+def test_a_2_mib_header_is_refused_with_431(chat_server):
+    raw = raw_exchange(chat_server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n")
+    assert_431(raw, b"larger than 65536 bytes")
+
+
+def test_5000_headers_are_refused_with_431(chat_server):
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(5000))
+    assert_431(raw_exchange(chat_server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"), b"at most 100 headers")
+
+
+def test_a_head_that_never_ends_is_refused_at_the_limit(chat_server):
+    # Trickled and never finished: refused once 64 KiB arrived, not held until a timeout.
+    raw = raw_exchange(chat_server, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 200_000, piece=16384)
+    assert_431(raw, b"larger than")
+
+
+def test_headers_inside_the_limits_are_served(chat_server):
+    headers = {f"x-h{i}": "v" * 500 for i in range(90)}  # 90 headers, about 46 KiB
+    response = httpx.get(f"{chat_server.base_url}/v1/models", headers=headers)
+    assert response.status_code == 200
 
 
 def test_chat_on_an_embedding_model(embed_server):

@@ -21,7 +21,7 @@ def request(**fields) -> ChatCompletionRequest:
 def error_for(**fields) -> dict:
     with pytest.raises(ValidationError) as exc:
         request(**fields)
-    return errors.from_validation_error(exc.value).body()["error"]
+    return errors.from_validation_error(exc.value).envelope().error.model_dump()
 
 
 def test_completion_limit_prefers_max_completion_tokens():

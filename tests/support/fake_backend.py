@@ -6,7 +6,7 @@ model. Tests steer it over HTTP, because it runs as a separate process (so it
 can be killed mid-request):
 
 - `POST /_fake/config` with any of `Config`'s fields changes how it answers
-  (slow streams, 503 + Retry-After, dying mid-stream);
+  (slow streams, 503 + Retry-After, dying on a request or mid-stream);
 - `GET /_fake/stats` says what it saw: requests, in flight, finished,
   cancelled (the client went away before the answer ended), the last body and
   headers.
@@ -36,8 +36,10 @@ class Config:
     error_code: str | None = None  # the error envelope's "code" sent with `status`
     chunks: int = 3  # SSE chunks of a streamed answer
     chunk_delay: float = 0.0  # seconds between SSE chunks
+    chunk_padding: int = 0  # bytes of filler in each SSE chunk (to fill a client's buffers fast)
     response_delay: float = 0.0  # seconds before a non-streamed answer
     die_after_chunks: int | None = None  # kill this process after sending so many chunks
+    die_on_request: bool = False  # kill this process as soon as a /v1 request body has arrived
 
 
 @dataclass
@@ -124,6 +126,8 @@ class FakeBackend:
 
     async def _begin(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
+        if self.config.die_on_request:
+            os._exit(1)  # a request that crashes its server
         self.stats.requests += 1
         self.stats.in_flight += 1
         body = orjson.loads(raw)
@@ -169,7 +173,10 @@ class FakeBackend:
                 await asyncio.sleep(self.config.chunk_delay)
             if self.config.die_after_chunks is not None and i >= self.config.die_after_chunks:
                 os._exit(1)
-            await response.write(b"data: " + orjson.dumps(self._chunk(kind, i)) + b"\n\n")
+            chunk = self._chunk(kind, i)
+            if self.config.chunk_padding:
+                chunk["pad"] = "x" * self.config.chunk_padding
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         self.stats.finished += 1
