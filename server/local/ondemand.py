@@ -57,13 +57,14 @@ Unloader = Callable[[str, str], Awaitable[None]]  # (name, why) -> the server pr
 
 class Scheduler:
     def __init__(self, slots: Iterable[Slot], *, load: Loader, unload: Unloader, changed: Callable[[], None],
-                 max_loaded: int = 0, wait_timeout: float = 120.0,
+                 max_loaded: int = 0, wait_timeout: float = 120.0, notice: Callable[[str], None] = log.info,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.slots = {s.name: s for s in slots}
         self.max_loaded = max_loaded
         self.wait_timeout = wait_timeout
         self.clock = clock
         self._load, self._unload, self._changed_cb = load, unload, changed
+        self._notice = notice  # tells the user why a request waits
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -82,6 +83,7 @@ class Scheduler:
             return
         room_deadline = self.clock() + self.wait_timeout
         awaited: int | None = None  # the load attempt this request waits on
+        told = False
         while True:
             if self._stopping:
                 raise service_unavailable("localmodel is stopping.", retry_after=LOAD_RETRY_AFTER, code="shutting_down")
@@ -109,6 +111,10 @@ class Scheduler:
                 await wake.wait()  # the load has its own timeout and then fails, which wakes us
                 continue
             assert isinstance(decision, AwaitRoom)
+            if not told:
+                told = True
+                busy = ", ".join(sorted(n for n, s in self.slots.items() if s.phase != "unloaded" and n != name))
+                self._notice(f"{name} waits for a place (--max-loaded {self.max_loaded}; loaded: {busy or 'none'})")
             left = room_deadline - self.clock()
             if left <= 0:
                 raise self._no_room(name)

@@ -131,7 +131,7 @@ class Supervisor:
         self._by_name = {r.name: r for r in self.runs}
         self.scheduler = Scheduler([r.slot for r in self.runs], load=self._load, unload=self._unload,
                                    changed=self._publish, max_loaded=serving.max_loaded,
-                                   wait_timeout=serving.wait_timeout)
+                                   wait_timeout=serving.wait_timeout, notice=self._say)
         self.router = Router(RouterSettings(), ApiKeys([]))
         self.phase = "starting"
         self._stop = asyncio.Event()
@@ -145,6 +145,9 @@ class Supervisor:
         text = manifest.body["spec"].get("keepAlive") or self.serving.keep_alive
         slot = Slot(manifest.model.spec.served_name, parse_keep_alive(text), blocked="downloading")
         return ModelRun(manifest, slot, text)
+
+    def _say(self, line: str) -> None:
+        print(f"localmodel: {line}", file=self.out, flush=True)
 
     @property
     def url(self) -> str:

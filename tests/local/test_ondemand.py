@@ -95,12 +95,14 @@ def test_idle_model_unloads_after_its_keep_alive_and_the_next_request_reloads_it
 
 
 def test_streams_in_flight_are_never_cut_by_eviction_or_keep_alive(tmp_path, volume, three_models):
-    up = Up(tmp_path, [three_models], "--max-loaded", "1", "--keep-alive", "1s", volume=volume)
+    # Keep-alive 0: alpha would unload the moment it is idle, and beta needs its place.
+    up = Up(tmp_path, [three_models], "--max-loaded", "1", "--keep-alive", "0", volume=volume)
     try:
         up.wait_serving()
-        ask(up, "alpha")  # loaded: the stream below starts at once
+        ask(up, "alpha")
+        assert wait_for(lambda: up.servers() == {}, timeout=10)  # keep-alive 0: unloaded after the request
         stream = client(up).chat.completions.create(
-            model="alpha", messages=[{"role": "user", "content": "go"}], max_tokens=4000, stream=True,
+            model="alpha", messages=[{"role": "user", "content": "go"}], max_tokens=300, stream=True,
             stream_options={"include_usage": True})
         chunks = iter(stream)
         next(chunks)
@@ -108,17 +110,16 @@ def test_streams_in_flight_are_never_cut_by_eviction_or_keep_alive(tmp_path, vol
         beta: dict[str, object] = {}
         waiting = threading.Thread(target=lambda: beta.update(result=ask(up, "beta")))
         waiting.start()
-        # beta needs alpha's place; alpha's stream outlives the keep-alive and the beta request's arrival
-        waiting.join(timeout=2.5)
-        assert waiting.is_alive(), "beta was answered while alpha's stream was still open"
-        assert "loading beta" not in up.output() and list(up.servers()) == ["alpha"]
+        # beta found alpha busy (an idle alpha would have been evicted at once) and waits
+        assert wait_for(lambda: "beta waits for a place (--max-loaded 1; loaded: alpha)" in up.output(), timeout=10)
+        assert waiting.is_alive() and list(up.servers()) == ["alpha"]
 
         rest = list(chunks)
-        assert rest[-1].usage.completion_tokens == 4000
+        assert rest[-1].usage.completion_tokens == 300
         assert [c for c in rest if c.choices and c.choices[0].finish_reason][-1].choices[0].finish_reason == "length"
         waiting.join(timeout=60)
         assert not waiting.is_alive() and "result" in beta
-        assert list(up.servers()) == ["beta"]
+        assert up.output().rindex("unloading alpha") > up.output().index("beta waits for a place")
     finally:
         assert up.stop() == 0
 
