@@ -56,6 +56,7 @@ def bare_load(model: Path, gpu_layers: int) -> float:
 
 class Up:
     def __init__(self, tmp: Path, model: Path, gpu_layers: int, *flags: str) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.cache = tmp / "cache"
         self.port = free_port()
         spec = {"source": {"pvc": {"claimName": "bench", "path": model.name}}, "contextSize": 2048, "parallel": 1,
