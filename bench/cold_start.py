@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from server_throughput import NO_REPACK, bench_model  # noqa: E402
 from support.model_server import free_port, wait_for  # noqa: E402
 
+from localmodel_server import contract  # noqa: E402
 from localmodel_server.local.ondemand import Scheduler, Slot  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write one word."}]
@@ -62,7 +63,7 @@ class Up:
         spec = {"source": {"pvc": {"claimName": "bench", "path": model.name}}, "contextSize": 2048, "parallel": 1,
                 "gpuLayers": gpu_layers}
         file = tmp / "bench.yaml"
-        file.write_text(yaml.safe_dump({"apiVersion": "localmodel.dev/v1alpha1", "kind": "LocalModel",
+        file.write_text(yaml.safe_dump({"apiVersion": contract.API_VERSION, "kind": contract.KIND,
                                         "metadata": {"name": "bench"}, "spec": spec}))
         self.log = (tmp / f"up-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
@@ -89,15 +90,15 @@ class Up:
 def first_token(url: str, model: str = "bench") -> float:
     body = {"model": model, "messages": PROMPT, "max_tokens": 4, "stream": True, "temperature": 0}
     started = time.perf_counter()
+    ttft = None
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
         response.raise_for_status()
         for line in response.iter_lines():
-            if line.startswith("data: {") and '"content"' in line:
+            if ttft is None and line.startswith("data: {") and '"content"' in line:
                 ttft = time.perf_counter() - started
-                for _ in response.iter_lines():
-                    pass
-                return ttft
-    raise RuntimeError("the stream carried no token")
+    if ttft is None:
+        raise RuntimeError("the stream carried no token")
+    return ttft
 
 
 def cold_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> list[tuple[float, float, float]]:

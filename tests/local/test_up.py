@@ -133,6 +133,17 @@ def test_invalid_manifest_names_the_file_and_field(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_keep_alive_is_checked_in_the_manifest_and_on_the_command_line(tmp_path):
+    bad = tmp_path / "bad-keep-alive.yaml"
+    bad.write_text(manifest("lazy", {"url": "https://example.com/x.gguf"}, keepAlive="5 minutes"))
+    result = run_cli(tmp_path, "up", str(bad))
+    assert result.returncode == 2 and "spec.keepAlive" in result.stderr and "Traceback" not in result.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(manifest("lazy", {"url": "https://example.com/x.gguf"}, keepAlive="1h30m"))
+    result = run_cli(tmp_path, "up", str(good), "--keep-alive", "soon")
+    assert result.returncode == 2 and "--keep-alive: keep-alive 'soon' is not a duration" in result.stderr
+
+
 def test_cel_rule_violation_uses_the_crd_message(tmp_path):
     bad = tmp_path / "two-sources.yaml"
     bad.write_text(manifest("two", {"url": "https://example.com/x.gguf", **pvc("x.gguf")}))
