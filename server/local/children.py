@@ -1,8 +1,8 @@
-"""The processes single-machine mode runs: the puller, one server per model, the router.
+"""The processes single-machine mode runs: the puller and one server per loaded model.
 
 They are the same programs a cluster runs (localmodel-pull in the pull Job,
-localmodel-server in each pod, localmodel-router behind the routing Service),
-started with the same flags the operator would give them.
+localmodel-server in each pod), started with the same flags the operator would
+give them. The router runs inside `localmodel up` itself (front.py).
 """
 
 from __future__ import annotations
@@ -101,23 +101,34 @@ async def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) ->
         )
 
 
-async def wait_ready(proc: asyncio.subprocess.Process, url: str, timeout: float) -> str | None:
-    """None once `url` answers 200; otherwise why not (exited, or still not ready at the deadline)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_loaded(proc: asyncio.subprocess.Process, url: str, timeout: float,
+                      interval: float = 0.02) -> tuple[str | None, dict[str, float]]:
+    """None once `url` answers 200, else why not (exited, or not ready by the deadline); and how long
+    the start took: `processStart` until the server first answered (its readiness failing while the
+    model loads), then `modelLoad` until it was ready.
+
+    Polled often: a request is waiting on this, and each poll is one loopback round trip.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout
+    answered: float | None = None
     last = "no answer"
     async with httpx.AsyncClient(timeout=2) as client:
-        while asyncio.get_running_loop().time() < deadline:
+        while loop.time() < deadline:
             if proc.returncode is not None:
-                return f"exited with status {proc.returncode}"
+                return f"exited with status {proc.returncode}", {}
             try:
                 response = await client.get(url)
+                now = loop.time()
+                answered = now if answered is None else answered
                 if response.status_code == 200:
-                    return None
+                    return None, {"processStart": answered - started, "modelLoad": now - answered}
                 last = _error_message(response)
             except httpx.TransportError:
                 pass
-            await asyncio.sleep(0.2)
-    return f"not ready after {timeout:.0f}s ({last})"
+            await asyncio.sleep(interval)
+    return f"not ready after {timeout:.0f}s ({last})", {}
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -3,8 +3,8 @@
     localmodel up [FILES or DIRS...] [--detach]   pull, serve and route until Ctrl-C
     localmodel down                               stop a detached `up`
     localmodel pull FILES...                      pull only
-    localmodel list                               cached models
-    localmodel ps                                 what `up` is serving now
+    localmodel list [FILES or DIRS...]            models on this machine: served, named, cached
+    localmodel ps                                 what `up` serves now, loaded or not
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -25,8 +27,9 @@ import psutil
 from ..contract import human_bytes
 from .layout import Layout
 from .manifests import ManifestError, load, secret_env, source_json
-from .supervisor import StartupError, Supervisor
-from . import children
+from .schedule import DEFAULT_KEEP_ALIVE, parse_keep_alive
+from .supervisor import Serving, StartupError, Supervisor
+from . import children, listing
 
 DEFAULT_PORT = 11434  # Ollama's: clients written for its OpenAI endpoint work unchanged
 EXIT_USAGE = 2
@@ -46,11 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory standing in for a pvc source's claim (default: <cache>/volumes/<claim>)")
     up.add_argument("--drain-timeout", type=float, default=10.0, help="seconds requests may finish on stop")
     up.add_argument("--detach", action="store_true", help="run in the background; `localmodel down` stops it")
+    up.add_argument("--keep-alive", metavar="DURATION",
+                    help="how long a model stays loaded with no request, as Ollama's keep_alive: 30s, 10m, 1h, "
+                         f"0 (unload after each request), -1 (never); spec.keepAlive overrides it "
+                         f"(default: {DEFAULT_KEEP_ALIVE}, or -1 with --preload)")
+    up.add_argument("--max-loaded", type=int, default=0, metavar="N",
+                    help="models loaded at once, as OLLAMA_MAX_LOADED_MODELS; a request for another evicts the "
+                         "least recently used idle one (default: 0, no cap)")
+    up.add_argument("--preload", action="store_true",
+                    help="load every model at start (up to --max-loaded) instead of on its first request")
+    up.add_argument("--wait-timeout", type=float, default=120.0, metavar="SECONDS",
+                    help="how long a request waits for a place under --max-loaded before 503 (default: 120)")
+    up.add_argument("--loading-heartbeat", type=float, default=2.0, metavar="SECONDS",
+                    help="a streamed request waiting for its model gets an SSE ': loading' comment this often")
 
     sub.add_parser("down", help="stop a detached `localmodel up`")
     pull = sub.add_parser("pull", help="pull the weights of manifests, without serving")
     pull.add_argument("paths", nargs="+", type=Path)
-    sub.add_parser("list", help="models whose weights are cached")
+    listing = sub.add_parser("list", help="models on this machine: those `up` serves, those FILES name, and the cache")
+    listing.add_argument("paths", nargs="*", type=Path, help="manifest files or directories to include")
+    listing.add_argument("--volume", action="append", default=[], metavar="CLAIM=DIR",
+                         help="directory standing in for a pvc source's claim, as for `up`")
     sub.add_parser("ps", help="models being served now")
     return parser
 
@@ -76,10 +95,32 @@ def cmd_up(args: argparse.Namespace, layout: Layout) -> int:
         raise StartupError("already running (see `localmodel ps`); stop it with `localmodel down`")
     if args.detach:
         return _detach(args, layout)
+    serving = _serving(args)
     supervisor = Supervisor(manifests, layout, host=args.host, port=args.port,
-                            drain_timeout=args.drain_timeout, volumes=volumes)
-    asyncio.run(supervisor.run())
+                            drain_timeout=args.drain_timeout, volumes=volumes, serving=serving)
+    _event_loop_run(supervisor.run())
     return 0
+
+
+def _serving(args: argparse.Namespace) -> Serving:
+    keep_alive = args.keep_alive if args.keep_alive is not None else ("-1" if args.preload else DEFAULT_KEEP_ALIVE)
+    try:
+        parse_keep_alive(keep_alive)
+    except ValueError as exc:
+        raise StartupError(f"--keep-alive: {exc}") from None
+    if args.max_loaded < 0:
+        raise StartupError("--max-loaded wants 0 (no cap) or more")
+    return Serving(keep_alive=keep_alive, max_loaded=args.max_loaded, preload=args.preload,
+                   wait_timeout=args.wait_timeout, heartbeat=args.loading_heartbeat)
+
+
+def _event_loop_run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # the router's server was measured on it (docs/router.md)
+    except ImportError:  # optional: the standard loop is slower, not wrong
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _volumes(specs: list[str]) -> dict[str, Path]:
@@ -141,13 +182,15 @@ def cmd_pull(args: argparse.Namespace, layout: Layout) -> int:
 
 
 def cmd_list(args: argparse.Namespace, layout: Layout) -> int:
-    rows = []
-    for marker in sorted((layout.cache / "models").glob("*/*/model.gguf.json")):
-        data = json.loads(marker.read_text())
-        namespace, name = marker.parent.parent.name, marker.parent.name
-        rows.append((f"{namespace}/{name}", human_bytes(data.get("sizeBytes", 0)), (data.get("sha256") or "")[:16],
-                     _source_text(data.get("source", {}))))
-    _table(("NAME", "SIZE", "SHA256", "SOURCE"), rows)
+    state = _running(layout)
+    volumes = _volumes(args.volume)
+    if state is not None:
+        volumes = {**{k: Path(v) for k, v in state.get("volumes", {}).items()}, **volumes}
+    named = listing.from_manifests(load(args.paths), layout, volumes) if args.paths else []
+    items = listing.merged(listing.from_state(state) if state else [], named, listing.from_cache(layout))
+    digests = listing.DigestCache(layout)
+    _table(("NAME", "SIZE", "SHA256", "SOURCE"), [item.row(digests) for item in items])
+    digests.save()
     return 0
 
 
@@ -156,17 +199,18 @@ def cmd_ps(args: argparse.Namespace, layout: Layout) -> int:
     if state is None:
         print("localmodel: nothing is running")
         return 0
-    print(f"router: {state['url']} (pid {state['router']['pid']})")
+    print(f"serving: {state['url']} (pid {state['pid']})")
     rows = []
     for m in state["models"]:
-        busy, memory = "-", "-"
-        if m["status"] == "ready" and m["port"]:
-            busy = f"{_busy_slots(m['port'])}/{m['slots']}"
+        busy, memory, busy_now = "-", "-", False
+        if m["status"] == "loaded" and m["port"]:
+            slots = _busy_slots(m["port"])
+            busy, busy_now = f"{slots}/{m['slots']}", slots not in ("0", "?")
             memory = human_bytes(_rss(m["pid"]))
         served = m["servedName"] + (f" ({', '.join(m['aliases'])})" if m["aliases"] else "")
         rows.append((served, m["status"] + (f": {m['reason']}" if m["status"] == "failed" else ""),
-                     str(m["port"] or "-"), busy, memory))
-    _table(("MODEL", "STATUS", "PORT", "SLOTS BUSY", "MEMORY"), rows)
+                     listing.until(m, busy_now), str(m["port"] or "-"), busy, memory))
+    _table(("MODEL", "STATUS", "UNTIL", "PORT", "SLOTS BUSY", "MEMORY"), rows)
     return 0
 
 
@@ -188,7 +232,7 @@ def _running(layout: Layout) -> dict | None:
 
 
 def _ready_line(state: dict) -> str:
-    ready = [m["servedName"] for m in state["models"] if m["status"] == "ready"]
+    ready = [m["servedName"] for m in state["models"] if m["status"] not in ("pulling", "failed")]
     return f"localmodel: serving {state['url']} — ready: {', '.join(ready) or 'none'}"
 
 
@@ -208,12 +252,6 @@ def _rss(pid: int | None) -> int:
         return psutil.Process(pid).memory_info().rss if pid else 0
     except psutil.NoSuchProcess:
         return 0
-
-
-def _source_text(source: dict) -> str:
-    kind = next(iter(k for k in source if k != "sha256"), "?")
-    value = source.get(kind)
-    return f"{kind}:{value}" if isinstance(value, str) else f"{kind}:{json.dumps(value, sort_keys=True)}"
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

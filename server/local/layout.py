@@ -44,9 +44,5 @@ class Layout:
         return self.run / "up.json"
 
     @property
-    def routes_file(self) -> Path:
-        return self.run / "routes.yaml"
-
-    @property
     def logs(self) -> Path:
         return self.run / "logs"

@@ -15,51 +15,11 @@ import httpx
 import openai
 import psutil
 import pytest
-import yaml
-
+from support.local_up import Up, manifest, pvc
 from support.model_server import free_port, wait_for
 from support.seed import SEED_REQUEST as SEED
 
 pytestmark = pytest.mark.llama
-
-def manifest(name: str, source: dict, **spec: object) -> str:
-    return yaml.safe_dump({"apiVersion": "localmodel.dev/v1alpha1", "kind": "LocalModel",
-                           "metadata": {"name": name}, "spec": {"source": source, **spec}})
-
-
-def pvc(path: str) -> dict:
-    return {"pvc": {"claimName": "models", "path": path}}
-
-
-class Up:
-    """A running `localmodel up`, with its cache dir and output."""
-
-    def __init__(self, tmp: Path, paths: list[Path], *extra: str, volume: Path | None = None) -> None:
-        self.cache = tmp / "cache"
-        self.port = free_port()
-        self.log = tmp / f"up-{self.port}.log"
-        args = [sys.executable, "-m", "localmodel_server.local.cli", "--cache-dir", str(self.cache), "up",
-                *map(str, paths), "--port", str(self.port), "--drain-timeout", "5", *extra]
-        if volume is not None:
-            args += ["--volume", f"models={volume}"]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_serving(self, timeout: float = 120) -> dict:
-        assert wait_for(lambda: "serving http://" in self.output() or self.proc.poll() is not None, timeout), self.output()
-        assert self.proc.poll() is None, self.output()
-        return json.loads((self.cache / "run" / "up.json").read_text())
-
-    def stop(self, sig: int = signal.SIGINT) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(60)
 
 
 @pytest.fixture
@@ -83,10 +43,9 @@ def two_models(tmp_path: Path) -> Path:
 def test_up_serves_two_models_and_ctrl_c_leaves_nothing_running(tmp_path, volume, two_models):
     up = Up(tmp_path, [two_models], volume=volume)
     try:
-        state = up.wait_serving()
+        up.wait_serving()
         assert "ready: chat (aliases: llama3), embed" in up.output()
-        pids = [state["router"]["pid"], *(m["pid"] for m in state["models"])]
-        assert all(psutil.pid_exists(p) for p in pids)
+        assert up.servers() == {}  # nothing is loaded before a request names it
 
         client = openai.OpenAI(base_url=f"{up.base_url}/v1", api_key="unused", max_retries=0)
         assert {m.id for m in client.models.list().data} >= {"chat", "llama3", "embed"}
@@ -101,9 +60,12 @@ def test_up_serves_two_models_and_ctrl_c_leaves_nothing_running(tmp_path, volume
         assert body["choices"][0]["message"]["content"] and body["choices"][0]["finish_reason"]
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
 
+        pids = [up.proc.pid, *up.servers().values()]
+        assert len(pids) == 3
+        assert wait_for(lambda: all(m["status"] == "loaded" for m in up.state()["models"]), timeout=5)
         ps = subprocess.run([sys.executable, "-m", "localmodel_server.local.cli", "--cache-dir", str(up.cache), "ps"],
                             capture_output=True, text=True, check=True).stdout
-        assert "chat (llama3)" in ps and "ready" in ps and "0/4" in ps
+        assert "chat (llama3)" in ps and "loaded" in ps and "0/4" in ps and "min from now" in ps
     finally:
         code = up.stop(signal.SIGINT)
     assert code == 0, up.output()
@@ -171,6 +133,17 @@ def test_invalid_manifest_names_the_file_and_field(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_keep_alive_is_checked_in_the_manifest_and_on_the_command_line(tmp_path):
+    bad = tmp_path / "bad-keep-alive.yaml"
+    bad.write_text(manifest("lazy", {"url": "https://example.com/x.gguf"}, keepAlive="5 minutes"))
+    result = run_cli(tmp_path, "up", str(bad))
+    assert result.returncode == 2 and "spec.keepAlive" in result.stderr and "Traceback" not in result.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(manifest("lazy", {"url": "https://example.com/x.gguf"}, keepAlive="1h30m"))
+    result = run_cli(tmp_path, "up", str(good), "--keep-alive", "soon")
+    assert result.returncode == 2 and "--keep-alive: keep-alive 'soon' is not a duration" in result.stderr
+
+
 def test_cel_rule_violation_uses_the_crd_message(tmp_path):
     bad = tmp_path / "two-sources.yaml"
     bad.write_text(manifest("two", {"url": "https://example.com/x.gguf", **pvc("x.gguf")}))
@@ -219,21 +192,39 @@ def test_detach_then_down(tmp_path, volume, two_models):
     assert not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
 
 
-def test_a_server_that_dies_is_reported_and_routed_as_failed(tmp_path, volume, two_models):
-    up = Up(tmp_path, [two_models], volume=volume)
+def test_a_server_that_dies_is_reported_and_loaded_again_by_the_next_request(tmp_path, volume, two_models):
+    up = Up(tmp_path, [two_models], "--preload", volume=volume)
     try:
-        state = up.wait_serving()
-        chat = next(m for m in state["models"] if m["servedName"] == "chat")
-        os.kill(chat["pid"], signal.SIGKILL)
+        up.wait_serving()
+        servers = up.servers()
+        assert set(servers) == {"chat", "embed"}  # --preload: loaded before any request
+        os.kill(servers["chat"], signal.SIGKILL)
         assert wait_for(lambda: "chat stopped unexpectedly" in up.output(), timeout=10), up.output()
 
-        def refused() -> bool:
-            r = httpx.post(f"{up.base_url}/v1/chat/completions",
-                           json={"model": "llama3", "messages": [{"role": "user", "content": "x"}]})
-            return r.status_code == 503 and "exited" in r.json()["error"]["message"]
-
-        assert wait_for(refused, timeout=10)
+        card = httpx.get(f"{up.base_url}/v1/models/llama3").json()
+        assert card["status"].startswith("failed:") and "exited" in card["status"]
         embedding = httpx.post(f"{up.base_url}/v1/embeddings", json={"model": "embed", "input": "still here"})
         assert embedding.status_code == 200
+
+        again = httpx.post(f"{up.base_url}/v1/chat/completions", timeout=60,
+                           json={"model": "llama3", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+        assert again.status_code == 200, again.text
+        assert up.servers()["chat"] != servers["chat"]
     finally:
         assert up.stop() == 0
+
+
+def test_list_shows_the_served_models_including_pvc_sources_used_in_place(tmp_path, volume, two_models):
+    up = Up(tmp_path, [two_models], volume=volume)
+    try:
+        up.wait_serving()
+        listing = subprocess.run([sys.executable, "-m", "localmodel_server.local.cli", "--cache-dir", str(up.cache),
+                                  "list"], capture_output=True, text=True, check=True).stdout
+    finally:
+        assert up.stop() == 0
+    rows = {line.split()[0]: line for line in listing.splitlines()[1:]}
+    assert set(rows) == {"default/chat", "default/embed"}, listing
+    for name, file in (("chat", "chat.gguf"), ("embed", "embed.gguf")):
+        digest = hashlib.sha256((volume / file).read_bytes()).hexdigest()
+        assert digest[:16] in rows[f"default/{name}"] and f"pvc:models/{file}" in rows[f"default/{name}"]
+        assert "MiB" in rows[f"default/{name}"]
