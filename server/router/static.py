@@ -1,8 +1,9 @@
 """The static route table: models and their backend URLs from a YAML/JSON file or flags.
 
-Single-machine mode (`localmodel up`) writes this file and rewrites it as models
-become ready or fail; the router re-reads it when it changes. The format is
-documented in docs/router.md.
+For a router in front of servers that run anywhere but Kubernetes
+(`localmodel-router --routes routes.yaml`); the router re-reads the file when it
+changes. The format is documented in docs/router.md. Single-machine mode
+(`localmodel up`) publishes its tables to an in-process router instead.
 """
 
 from __future__ import annotations
