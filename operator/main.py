@@ -46,6 +46,8 @@ async def run(config: OperatorSettings) -> int:
         try:
             await kopf.operator(
                 standalone=True,
+                # Else kopf derives one from the login name, and a pod's uid (65532) has none.
+                identity=config.identity,
                 clusterwide=not config.namespaces,
                 namespaces=config.namespaces,
                 stop_flag=stop,

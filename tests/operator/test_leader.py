@@ -65,13 +65,13 @@ def start_replica(operator_env: Path, namespace: str, tmp_path: Path) -> Iterato
     """`localmodel-operator` processes, as a Deployment with two replicas would run them."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(identity: str) -> tuple[subprocess.Popen[bytes], int]:
+    def start(identity: str, prelude: str = "") -> tuple[subprocess.Popen[bytes], int]:
         port = _free_port()
         env = {**os.environ, "LOCALMODEL_IDENTITY": identity, "LOCALMODEL_NAMESPACES": namespace,
                "LOCALMODEL_LEASE_NAMESPACE": namespace, "LOCALMODEL_LEASE_DURATION_S": "6",
                "LOCALMODEL_HEALTH_PORT": str(port)}
         log = (tmp_path / f"{identity}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-c", "from localmodel_operator.main import main; main()"],
+        proc = subprocess.Popen([sys.executable, "-c", f"{prelude}from localmodel_operator.main import main; main()"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
         return proc, port
@@ -121,3 +121,24 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_stops(
 
 def _assert_holder(cluster: Cluster, identity: str) -> None:
     assert _holder(cluster) == identity
+
+
+# What a pod running as a uid with no /etc/passwd entry sees (the chart runs as 65532):
+# no login name in the environment and no user for the uid.
+NO_PASSWD_ENTRY = (
+    "import os, pwd\n"
+    "for name in ('LOGNAME', 'USER', 'LNAME', 'USERNAME'): os.environ.pop(name, None)\n"
+    "def getpwuid(uid): raise KeyError(f'getpwuid(): uid not found: {uid}')\n"
+    "pwd.getpwuid = getpwuid\n"
+)
+
+
+def test_an_operator_whose_uid_has_no_passwd_entry_still_leads_and_acts(
+    admin: Any, namespace: str, start_replica: Any, tmp_path: Path
+) -> None:
+    cluster = Cluster(admin, namespace)
+    proc, _ = start_replica("nobody-65532", prelude=NO_PASSWD_ENTRY)
+    eventually(lambda: _assert_holder(cluster, "nobody-65532"), timeout=60)
+    cluster.create_model("anyone", {"source": HF})
+    eventually(lambda: cluster.only_job("anyone"), timeout=30)
+    assert proc.poll() is None, (tmp_path / "nobody-65532.log").read_text()
