@@ -4,6 +4,7 @@ and the chat and embedding models Ready. Skipped unless LOCALMODEL_E2E=1."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,7 +20,18 @@ from localmodel_server import testmodels
 from tests.helm.chart import CHART, run_helm
 
 
+# The faults delete pods and the operator, so they run after what watches a steady cluster.
+ORDER = ("test_serving.py", "test_security.py", "test_faults.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees the whole session's items: reorder only this folder's, in place.
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
+    ours = sorted((items[i] for i in slots), key=lambda item: ORDER.index(item.path.name)
+                  if item.path.name in ORDER else len(ORDER))  # stable: the order within a file stays
+    for slot, item in zip(slots, ours):
+        items[slot] = item
     if os.environ.get("LOCALMODEL_E2E") == "1":
         return
     skip = pytest.mark.skip(reason="end-to-end tier: needs a cluster with the images loaded; run "
@@ -46,11 +58,13 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeightsServer]
 @pytest.fixture(scope="session")
 def installed() -> Iterator[tuple[str, str]]:
     """The chart installed with the local images, watching a namespace of its own: (release ns, models ns)."""
-    kubectl("create", "namespace", MODELS_NS)
+    # Idempotent, so a kept cluster (KEEP_CLUSTER=1) can run the tier again.
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                                                  "metadata": {"name": MODELS_NS}}))
     server_repo, server_tag = image("LOCALMODEL_E2E_SERVER_IMAGE", "localmodel:e2e")
     operator_repo, operator_tag = image("LOCALMODEL_E2E_OPERATOR_IMAGE", "localmodel-operator:e2e")
     try:
-        run_helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
+        run_helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
                  "--wait", "--timeout", "5m",
                  "--set", f"images.server.repository={server_repo}", "--set", f"images.server.tag={server_tag}",
                  "--set", f"images.operator.repository={operator_repo}", "--set", f"images.operator.tag={operator_tag}",
