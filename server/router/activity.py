@@ -45,6 +45,8 @@ def report_due(counts: Counts, now: float, interval: float) -> bool:
     never more often than `interval`."""
     if counts.reported_at and now - counts.reported_at < interval:
         return False
+    if counts.reported is None and not counts.last_request:
+        return False  # never used: nothing to say
     changed = counts.reported != (counts.in_flight, counts.last_request)
     return changed or counts.in_flight > 0
 
