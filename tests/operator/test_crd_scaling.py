@@ -22,7 +22,6 @@ INVALID = [
     ("min 0: zero is keepAlive's job", with_spec(autoscaling={"minReplicas": 0}), "spec.autoscaling.minReplicas"),
     ("target 0", with_spec(autoscaling={"targetInFlight": 0}), "spec.autoscaling.targetInFlight"),
     ("scaleDownDelay -1", with_spec(autoscaling={"scaleDownDelay": "-1"}), "spec.autoscaling.scaleDownDelay"),
-    ("unknown field", with_spec(autoscaling={"targetRequests": 4}), "targetRequests"),
 ]
 
 
