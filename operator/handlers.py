@@ -24,6 +24,7 @@ from typing import Any
 import kopf
 
 from localmodel_operator import meta
+from localmodel_operator.autoscale import rescale
 from localmodel_operator.kube import Kube, KubeError, load_api_client
 from localmodel_operator.reconcile import ModelLocks, reconcile, refresh_progress
 from localmodel_operator.settings import OperatorSettings
@@ -58,14 +59,50 @@ async def configure(
     # main.py passes these in; `kopf run` (tests, development) starts without them.
     memo.setdefault("config", OperatorSettings())
     memo.setdefault("locks", ModelLocks())
+    memo["wakeups"] = Wakeups()
     if "kube" not in memo:
         memo["kube"] = Kube(load_api_client())
         memo["close_kube"] = True
     memo["resync"] = asyncio.create_task(_resync_forever(memo, local_models, pull_jobs))
 
 
+class Wakeups:
+    """One pending reconcile per model, at the time its scale decision is due (keepAlive, scaleDownDelay).
+
+    Only a reminder: the decision's inputs live in the LocalModel, and the resync
+    loop and `resume` recompute it after a restart."""
+
+    def __init__(self) -> None:
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, namespace: str, name: str, delay_s: float | None, run: Any) -> None:
+        key = (namespace, name)
+        if (timer := self._timers.pop(key, None)) is not None:
+            timer.cancel()
+        if delay_s is None:
+            return
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            task = asyncio.create_task(run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        # A little late rather than early: the decision compares with the clock again.
+        self._timers[key] = asyncio.get_running_loop().call_later(max(delay_s, 0.0) + 0.5, fire)
+
+    def cancel_all(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    memo["wakeups"].cancel_all()
     memo["resync"].cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await memo["resync"]
@@ -91,10 +128,22 @@ async def _reconcile(memo: kopf.Memo, pull_jobs: kopf.Index, namespace: str, nam
     async with memo["locks"](namespace, name):
         try:
             body = await memo["kube"].get(meta.API_VERSION, meta.KIND, namespace, name)
+            recheck = None
             if body is not None:
-                await reconcile(memo["kube"], memo["config"], body, list(pull_jobs.get((namespace, name), ())))
+                recheck = await reconcile(memo["kube"], memo["config"], body, list(pull_jobs.get((namespace, name), ())))
         except KubeError as exc:
             raise kopf.TemporaryError(f"apiserver: {exc}", delay=RETRY_DELAY_S) from None
+    _schedule(memo, pull_jobs, namespace, name, recheck)
+
+
+def _schedule(memo: kopf.Memo, pull_jobs: kopf.Index, namespace: str, name: str, delay_s: float | None) -> None:
+    async def run() -> None:
+        try:
+            await _reconcile(memo, pull_jobs, namespace, name)
+        except kopf.TemporaryError as exc:
+            log.warning("scale check of %s/%s: %s; the next resync retries", namespace, name, exc)
+
+    memo["wakeups"].schedule(namespace, name, delay_s, run)
 
 
 @kopf.on.resume(*MODEL, id="reconcile")
@@ -119,12 +168,25 @@ async def _resync_forever(memo: kopf.Memo, local_models: kopf.Index, pull_jobs: 
 
 
 @kopf.on.event(*MODEL, id="progress")
-async def model_status_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
-    """The puller patches status.download every few seconds; mirror it into the PROGRESS column."""
+async def model_status_changed(
+    body: kopf.Body, memo: kopf.Memo, pull_jobs: kopf.Index, type: str | None, **_: Any
+) -> None:
+    """The puller patches status.download every few seconds; mirror it into the PROGRESS column.
+    Routers patch status.activity; decide the replicas again (a change of spec.replicas then
+    brings the full reconcile through `update`)."""
     if type != "DELETED":
         metadata = body["metadata"]
+        recheck = None
         async with memo["locks"](metadata["namespace"], metadata["name"]):
             await refresh_progress(memo["kube"], body)
+            if (body.get("status") or {}).get("activity"):
+                try:
+                    recheck = (await rescale(memo["kube"], body)).recheck_after_s
+                except KubeError as exc:
+                    log.warning("scale check of %s/%s: %s", metadata["namespace"], metadata["name"], exc)
+                    recheck = RETRY_DELAY_S
+        if recheck is not None:
+            _schedule(memo, pull_jobs, metadata["namespace"], metadata["name"], recheck)
 
 
 async def _owner_changed(body: kopf.Body, memo: kopf.Memo, pull_jobs: kopf.Index) -> None:

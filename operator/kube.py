@@ -141,6 +141,18 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    async def update_scale(self, namespace: str, name: str, replicas: int, resource_version: str) -> dict[str, Any]:
+        """PUT /scale, as an HPA does, only over `resource_version`: a router's wake-up or activity
+        report written meanwhile makes this a 409 instead of being overwritten."""
+        path = resource_path(meta.API_VERSION, meta.KIND, namespace, name, "scale")
+        scale = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version},
+            "spec": {"replicas": replicas},
+        }
+        return await self._request("PUT", path, scale, query=[("fieldManager", meta.FIELD_MANAGER)])
+
     async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         path = resource_path(meta.API_VERSION, meta.KIND, namespace, name, "status")
         return await self._request("PATCH", path, {"status": status}, MERGE_PATCH)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from localmodel_operator import meta
+from localmodel_operator.autoscale import rescale
 from localmodel_operator.build_storage import claim_size
 from localmodel_operator.children import current_weights, desired_children, stale_jobs
 from localmodel_operator.kube import Kube, KubeError
@@ -63,11 +64,14 @@ def _now() -> str:
 
 async def reconcile(
     kube: Kube, settings: OperatorSettings, body: Mapping[str, Any], pull_jobs: Iterable[Mapping[str, Any]]
-) -> None:
-    """`pull_jobs`: the model's pull and size Jobs as the watch last saw them."""
+) -> float | None:
+    """`pull_jobs`: the model's pull and size Jobs as the watch last saw them.
+
+    Returns the seconds after which the scale decision (keepAlive, autoscaling) is due again, if any."""
     if body["metadata"].get("deletionTimestamp"):
-        return  # the garbage collector removes the owned children
-    model = LocalModel.from_body(body)
+        return None  # the garbage collector removes the owned children
+    rescaled = await rescale(kube, body)
+    model = LocalModel.from_body(rescaled.body)
     source = model.spec.source
     # A Job on its way out does not count; its deletion event brings us back to create a new one.
     jobs = {job["metadata"]["name"]: job for job in pull_jobs if not job["metadata"].get("deletionTimestamp")}
@@ -121,6 +125,7 @@ async def reconcile(
     events += condition_events(model.status.get("conditions") or (), desired["conditions"])
     for event in events:
         await kube.post_event(model.namespace, model.name, model.uid, event.type, event.reason, event.message)
+    return rescaled.recheck_after_s
 
 
 async def _claimed_size(kube: Kube, model: LocalModel) -> str | None:

@@ -125,6 +125,7 @@ class ModelSpec:
     args: tuple[str, ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
     storage: Storage = Storage()
+    keep_alive: str | None = None  # spec.keepAlive as written ("-1" means never, as unset does)
 
     @property
     def effective_gpu_layers(self) -> int:
@@ -250,6 +251,7 @@ def _spec(spec: Mapping[str, Any], default_served_name: str) -> ModelSpec:
         runtime_class_name=spec.get("runtimeClassName"),
         priority_class_name=spec.get("priorityClassName"),
         replicas=spec.get("replicas", 1),
+        keep_alive=spec.get("keepAlive") if spec.get("keepAlive") not in (None, "-1") else None,
         image=spec.get("image"),
         args=tuple(spec.get("args") or ()),
         env=tuple(spec.get("env") or ()),

@@ -16,13 +16,15 @@ from localmodel_operator.observed import DeploymentState, JobPhase, JobState
 from localmodel_operator.spec import Download, LocalModel, Weights
 
 
-WEIGHTS_READY, AVAILABLE, DEGRADED = "WeightsReady", "Available", "Degraded"
+WEIGHTS_READY, AVAILABLE, LOADED, DEGRADED = "WeightsReady", "Available", "Loaded", "Degraded"
 # False conditions with these reasons are on their way, not failures.
-IN_PROGRESS_REASONS = frozenset({"Pending", "Downloading", "Loading", "WaitingForWeights", "ScaledToZero"})
+IN_PROGRESS_REASONS = frozenset({"Pending", "Downloading", "Loading", "WaitingForWeights", "ScaledToZero", "Idle"})
+# status.state: the STATE column.
+STATE_LOADED, STATE_IDLE = "Loaded", "Idle"
 # Status fields this module owns; everything else in status belongs to the puller.
 OPERATOR_FIELDS = (
     "phase", "progress", "source", "ready", "endpoint", "servedName", "observedGeneration",
-    "replicas", "readyReplicas", "selector", "weights", "conditions",
+    "replicas", "readyReplicas", "selector", "weights", "conditions", "state",
 )
 
 
@@ -104,6 +106,16 @@ def _available_condition(model: LocalModel, observed: Observed) -> Condition:
     return Condition(AVAILABLE, False, "Loading", f"waiting for the server to load the model ({counts})")
 
 
+def _loaded_condition(model: LocalModel) -> Condition:
+    """Loaded while replicas are asked for; its lastTransitionTime starts the keepAlive clock."""
+    replicas, keep_alive = model.spec.replicas, model.spec.keep_alive
+    if replicas > 0:
+        until = f"; keepAlive {keep_alive}: scaled to zero after that long without a request" if keep_alive else ""
+        return Condition(LOADED, True, STATE_LOADED, f"spec.replicas is {replicas}{until}")
+    wake = "; the next request through the router loads it again" if keep_alive else ""
+    return Condition(LOADED, False, STATE_IDLE, f"scaled to zero, the weights stay in place{wake}")
+
+
 def _degraded_condition(model: LocalModel, observed: Observed) -> Condition:
     if observed.apply_error:
         return Condition(DEGRADED, True, "ApplyFailed", observed.apply_error)
@@ -172,6 +184,7 @@ def derive_status(model: LocalModel, observed: Observed, router_url: str, now: s
     weights_ready = _weights_condition(model, observed)
     available = _available_condition(model, observed)
     degraded = _degraded_condition(model, observed)
+    loaded = _loaded_condition(model)
     phase = _phase(model, observed, degraded)
     deployment = observed.deployment
     status: dict[str, Any] = {
@@ -187,8 +200,9 @@ def derive_status(model: LocalModel, observed: Observed, router_url: str, now: s
         "selector": meta.selector_string(meta.server_selector(model.name)),
         "weights": observed.weights.to_status() if observed.weights else None,
         "conditions": conditions_to_status(
-            (weights_ready, available, degraded), model.status.get("conditions") or (), model.generation, now
+            (weights_ready, available, loaded, degraded), model.status.get("conditions") or (), model.generation, now
         ),
+        "state": STATE_LOADED if loaded.status else STATE_IDLE,
     }
     return status
 
@@ -215,6 +229,8 @@ def condition_events(previous: Sequence[Mapping[str, Any]], current: Sequence[Ma
             continue
         if not old and condition["type"] == DEGRADED and condition["status"] == "False":
             continue  # "nothing is wrong" is not news on a new object
+        if not old and condition["type"] == LOADED and condition["status"] == "True":
+            continue  # neither is "it runs the replicas it was created with"
         event = Event("Warning" if _is_warning(condition) else "Normal", condition["reason"], condition["message"])
         if event not in events:  # a failed pull flips WeightsReady and Degraded with the same words
             events.append(event)

@@ -27,7 +27,8 @@ import psutil
 from ..contract import human_bytes
 from .layout import Layout
 from .manifests import ManifestError, load, secret_env, source_json
-from .schedule import DEFAULT_KEEP_ALIVE, parse_keep_alive
+from ..contract import parse_keep_alive
+from .schedule import DEFAULT_KEEP_ALIVE
 from .supervisor import Serving, StartupError, Supervisor
 from . import children, listing
 

@@ -14,7 +14,6 @@ Times are seconds on one monotonic clock; nothing here reads it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -22,27 +21,6 @@ from typing import Literal
 Phase = Literal["unloaded", "loading", "loaded", "unloading"]
 
 DEFAULT_KEEP_ALIVE = "5m"  # Ollama's default
-
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-
-
-def parse_keep_alive(text: str) -> float | None:
-    """Seconds idle before unloading, or None for never, from Ollama's keep_alive syntax.
-
-    `30s`, `10m`, `1h30m`, `250ms`; a bare number is seconds; `0` unloads after each
-    request; any negative value (Ollama documents `-1`) keeps the model loaded.
-    """
-    value = text.strip()
-    if value.startswith("-") and (value[1:].replace(".", "", 1).isdigit() or _DURATION.fullmatch(value[1:])):
-        return None
-    if value.replace(".", "", 1).isdigit():
-        return float(value)
-    if _DURATION.fullmatch(value):
-        return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(value))
-    raise ValueError(f"keep-alive {text!r} is not a duration: use e.g. 30s, 10m, 1h, 0 (unload after each request) "
-                     "or -1 (never unload)")
 
 
 @dataclass(frozen=True)

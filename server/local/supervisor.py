@@ -33,7 +33,8 @@ from .front import Front
 from .layout import Layout
 from .manifests import Manifest, secret_env, source_json
 from .ondemand import Scheduler, Slot
-from .schedule import DEFAULT_KEEP_ALIVE, parse_keep_alive, unload_at
+from ..contract import parse_keep_alive
+from .schedule import DEFAULT_KEEP_ALIVE, unload_at
 
 log = logging.getLogger(__name__)
 

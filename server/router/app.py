@@ -27,8 +27,10 @@ from localmodel_server.protocol.errors import (
 )
 
 from .auth import ApiKeys
+from .activity import Activity
 from .balancer import Balancer
 from .exchange import Exchange
+from .holding import Holding
 from .http1 import HTTPServer
 from .metrics import UNROUTED, RouterMetrics
 from .ollama import PREFIX as OLLAMA_PREFIX, OllamaFront
@@ -96,6 +98,10 @@ class Router:
         self.discovered = False
         self._proxy: Proxy | None = None
         self.ollama = OllamaFront(self)
+        # With --kubernetes (scaler.enable): hold requests for models at 0 replicas or loading, and
+        # report each model's requests into its status.activity.
+        self.holding: Holding | None = None
+        self.activity: Activity | None = None
 
     def publish(self, table: RouteTable) -> None:
         """Swap in a new route table (atomic for the hot path: one attribute store)."""
@@ -106,6 +112,8 @@ class Router:
         self.metrics.models.labels("false").set(len(table.entries) - ready)
         self.metrics.route_conflicts.set(len(table.conflicts))
         self.balancer.forget_except({url for e in table.entries for url in e.endpoints})
+        if self.holding is not None:
+            self.holding.table_changed()
 
     def server(self) -> HTTPServer:
         """The protocol factory for `loop.create_server`; create it inside the running loop."""
@@ -185,17 +193,31 @@ class Router:
         label = UNROUTED
         try:
             self._check_key(exchange)
-            entry = self.table.resolve(read_model_field(exchange.body))
-            label = entry.name
-            header_block = forward_header_block(exchange.headers)
-            routing_seconds, in_flight = self.metrics.for_model(label)
-            routing_seconds.observe(time.perf_counter() - started)
-            in_flight.inc()
+            name = read_model_field(exchange.body)
+            entry = self.table.lookup(name) or self.table.resolve(name)
+            key = entry.scale_ref
+            activity = self.activity if key is not None else None
+            if activity is not None:
+                activity.begin(key)  # type: ignore[arg-type]
             try:
-                assert self._proxy is not None, "Router.server() creates the proxy"
-                await self._proxy.forward(exchange, entry, header_block)
+                if self.holding is not None and entry.wakeable and not entry.ready:
+                    exchange = self.holding.wrap(exchange)  # type: ignore[assignment]
+                    entry = await self.holding.hold(exchange, name, entry)
+                else:
+                    entry = self.table.resolve(name)
+                label = entry.name
+                header_block = forward_header_block(exchange.headers)
+                routing_seconds, in_flight = self.metrics.for_model(label)
+                routing_seconds.observe(time.perf_counter() - started)
+                in_flight.inc()
+                try:
+                    assert self._proxy is not None, "Router.server() creates the proxy"
+                    await self._proxy.forward(exchange, entry, header_block)
+                finally:
+                    in_flight.dec()
             finally:
-                in_flight.dec()
+                if activity is not None:
+                    activity.end(key)  # type: ignore[arg-type]
         except APIError as exc:
             send_error(exchange, exc)
         except (asyncio.CancelledError, ConnectionResetError):

@@ -85,6 +85,16 @@ def not_ready_reason(localmodel: Object) -> tuple[str, int]:
     return phase.lower(), retry_after
 
 
+def wakeable(localmodel: Object) -> bool:
+    """Its endpoints will come if the router waits (and, at 0 replicas, asks for one): some weights
+    are in place (a newer source may still download; the pods load the recorded ones) and nothing
+    failed. A first download and a failure are answered at once, as before."""
+    status = localmodel.get("status") or {}
+    if not status.get("weights") or status.get("phase") == Phase.FAILED:
+        return False
+    return not any(c.get("type") == "Degraded" and c.get("status") == "True" for c in status.get("conditions") or ())
+
+
 def _failure_message(status: Object) -> str:
     for condition in status.get("conditions") or []:
         if condition.get("status") == "False" and condition.get("message"):
@@ -113,6 +123,9 @@ def route_entries(localmodels: Iterable[Object], slices: Iterable[Object]) -> li
                 reason=reason,
                 retry_after=retry_after or 5,
                 created=_created(meta),
+                scale_ref=(namespace, name),
+                wakeable=not urls and wakeable(localmodel),
+                scaled_to_zero=spec.get("replicas") == 0,
             )
         )
     return entries

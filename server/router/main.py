@@ -18,6 +18,7 @@ from typing import Any
 
 from .app import Router, RouterSettings
 from .auth import ENV_KEYS, ApiKeys, parse_keys_env, read_keys_file
+from . import scaler
 from .filewatch import watch_file
 from .static import RoutesFileError, load_routes_file, parse_route_flags, reloader
 
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--write-timeout", type=float, default=float(_env("write_timeout", 60.0)), help="seconds a client may read nothing of an answer before it is cut off")
     parser.add_argument("--max-connections", type=int, default=int(_env("max_connections", 10_000)), help="open client connections beyond this are answered 503")
     parser.add_argument("--drain-timeout", type=float, default=float(_env("drain_timeout", 30.0)), help="seconds in-flight requests may finish after SIGTERM")
+    scaler.add_arguments(parser, _env)
     parser.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     env_namespaces = [ns for ns in (_env("namespace") or "").split(",") if ns]
@@ -84,6 +86,7 @@ async def serve(args: argparse.Namespace) -> None:
         except kubernetes.config.ConfigException as exc:
             raise SystemExit(f"localmodel-router: no usable Kubernetes credentials: {exc}") from None
         background.append(KubeDiscovery(api, args.namespace, router.publish).run())
+        background.append(scaler.enable(router, api, args))
     if args.api_keys_file:
         background.append(watch_file(args.api_keys_file, lambda: _reload_keys(args, keys)))
 

@@ -61,7 +61,7 @@ class OllamaFront:
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    def resolve(self, name: str) -> RouteEntry:
+    def lookup(self, name: str) -> RouteEntry:
         table = self.router.table
         entry = table.lookup(name)
         base, sep, tag = name.rpartition(":")
@@ -69,8 +69,6 @@ class OllamaFront:
             entry = table.lookup(base)  # Ollama clients add the implied tag
         if entry is None:
             raise model_not_found(name)
-        if not entry.ready:
-            raise not_ready(name, entry)
         return entry
 
     async def handle(self, exchange: Exchange) -> None:
@@ -101,16 +99,30 @@ class OllamaFront:
         label = UNROUTED
         try:
             router._check_key(exchange)
-            entry = self.resolve(read_model(exchange.body))
-            label = entry.name
-            routing_seconds, in_flight = router.metrics.for_model(label)
-            routing_seconds.observe(time.perf_counter() - started)
-            in_flight.inc()
+            name = read_model(exchange.body)
+            entry = self.lookup(name)
+            key = entry.scale_ref
+            activity = router.activity if key is not None else None
+            if activity is not None:
+                activity.begin(key)  # type: ignore[arg-type]
             try:
-                assert router._proxy is not None, "Router.server() creates the proxy"
-                await router._proxy.forward(exchange, entry, forward_header_block(exchange.headers))
+                # Held without keep-alive lines: Ollama streams are NDJSON, which has no comments.
+                if router.holding is not None and entry.wakeable and not entry.ready:
+                    entry = await router.holding.hold(exchange, entry.name, entry)
+                elif not entry.ready:
+                    raise not_ready(name, entry)
+                label = entry.name
+                routing_seconds, in_flight = router.metrics.for_model(label)
+                routing_seconds.observe(time.perf_counter() - started)
+                in_flight.inc()
+                try:
+                    assert router._proxy is not None, "Router.server() creates the proxy"
+                    await router._proxy.forward(exchange, entry, forward_header_block(exchange.headers))
+                finally:
+                    in_flight.dec()
             finally:
-                in_flight.dec()
+                if activity is not None:
+                    activity.end(key)  # type: ignore[arg-type]
         except APIError as exc:
             send_ollama_error(exchange, exc)
         except (asyncio.CancelledError, ConnectionResetError):

@@ -34,6 +34,13 @@ class RouteEntry:
     reason: str = ""
     retry_after: int = DEFAULT_RETRY_AFTER
     created: int = 0
+    # (namespace, LocalModel name) for models found in the cluster: the router reports its
+    # requests there and may wake the model through its scale subresource (holding.py).
+    scale_ref: tuple[str, str] | None = None
+    # No endpoint now, but one is coming without anyone's help but the router's: scaled to zero with
+    # its weights in place, or loading. A request is then held instead of refused.
+    wakeable: bool = False
+    scaled_to_zero: bool = False
 
     @property
     def ready(self) -> bool:

@@ -14,9 +14,9 @@ from localmodel_server.local.schedule import (
     evictable,
     expired,
     next_deadline,
-    parse_keep_alive,
     unload_at,
 )
+from localmodel_server.contract import parse_keep_alive
 
 
 def loaded(last_used: float, in_flight: int = 0, keep_alive: float | None = 300.0) -> ModelState:

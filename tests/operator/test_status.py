@@ -43,7 +43,8 @@ def test_new_model_is_pending() -> None:
     assert status["phase"] == "Pending"
     assert status["progress"] == "waiting"
     assert conditions(status) == {"WeightsReady": ("False", "Pending"), "Available": ("False", "WaitingForWeights"),
-                                  "Degraded": ("False", "AsExpected")}
+                                  "Loaded": ("True", "Loaded"), "Degraded": ("False", "AsExpected")}
+    assert status["state"] == "Loaded"
     assert status["endpoint"] is None
     assert status["ready"] == "0/1"
     assert status["source"] == "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
@@ -110,7 +111,7 @@ def test_ready_once_the_rollout_is_complete() -> None:
                     weights=current_weights(lm))
     assert status["phase"] == "Ready"
     assert conditions(status) == {"WeightsReady": ("True", "Pulled"), "Available": ("True", "MinimumReplicasAvailable"),
-                                  "Degraded": ("False", "AsExpected")}
+                                  "Loaded": ("True", "Loaded"), "Degraded": ("False", "AsExpected")}
     assert status["endpoint"] == "http://router.lm:8000/v1"
     assert status["ready"] == "1/1"
     assert (status["replicas"], status["readyReplicas"]) == (1, 1)
@@ -138,7 +139,20 @@ def test_scaled_to_zero_is_ready_but_not_available() -> None:
     status = derive(lm, deployment=deployment_body(0, observedGeneration=1), weights=current_weights(lm))
     assert status["phase"] == "Ready"
     assert conditions(status)["Available"] == ("False", "ScaledToZero")
+    assert conditions(status)["Loaded"] == ("False", "Idle")
+    assert status["state"] == "Idle"
     assert status["ready"] == "0/0"
+
+
+def test_keep_alive_is_explained_in_the_loaded_condition() -> None:
+    loaded = derive(model({"source": model().spec.source.raw, "keepAlive": "30s"}))
+    message = next(c for c in loaded["conditions"] if c["type"] == "Loaded")["message"]
+    assert message == "spec.replicas is 1; keepAlive 30s: scaled to zero after that long without a request"
+    idle = derive(model({"source": model().spec.source.raw, "keepAlive": "30s", "replicas": 0}))
+    message = next(c for c in idle["conditions"] if c["type"] == "Loaded")["message"]
+    assert message.endswith("the next request through the router loads it again")
+    forever = derive(model({"source": model().spec.source.raw, "keepAlive": "-1"}))
+    assert "keepAlive" not in next(c for c in forever["conditions"] if c["type"] == "Loaded")["message"]
 
 
 def test_a_stuck_rollout_is_degraded() -> None:
@@ -172,11 +186,11 @@ def test_transition_time_moves_only_when_the_status_flips() -> None:
     first = derive(model())
     later_model = model(status=first)
     again = derive_status(later_model, Observed(None, None, None), "", "2030-01-02T00:00:00Z")
-    assert [c["lastTransitionTime"] for c in again["conditions"]] == [NOW, NOW, NOW]
+    assert [c["lastTransitionTime"] for c in again["conditions"]] == [NOW, NOW, NOW, NOW]
     assert status_patch(first, {**first, "conditions": again["conditions"]}) == {}
     flipped = derive_status(later_model, Observed(None, None, None, apply_error="nope"), "", "2030-01-02T00:00:00Z")
     times = {c["type"]: c["lastTransitionTime"] for c in flipped["conditions"]}
-    assert times == {"WeightsReady": NOW, "Available": NOW, "Degraded": "2030-01-02T00:00:00Z"}
+    assert times == {"WeightsReady": NOW, "Available": NOW, "Loaded": NOW, "Degraded": "2030-01-02T00:00:00Z"}
 
 
 def test_status_patch_holds_only_changes_and_nulls_for_removals() -> None:
