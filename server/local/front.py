@@ -25,10 +25,10 @@ from urllib.parse import unquote
 
 import orjson
 
-from localmodel_server.protocol.errors import APIError, model_not_found
+from localmodel_server.protocol.errors import APIError, model_not_found, sse_error_event
 from localmodel_server.protocol.models import ModelCard, ModelList
 from localmodel_server.router.app import INFERENCE_PATHS, MODELS_PATH, Router, send_error, send_json
-from localmodel_server.router.http1 import Exchange
+from localmodel_server.router.exchange import Exchange
 from localmodel_server.router.ollama import MODEL_PATHS as OLLAMA_MODEL_PATHS, send_ollama_error
 
 from .ondemand import Scheduler
@@ -87,7 +87,7 @@ class Front:
                 answering = exchange
         except APIError as exc:
             if exchange.started:  # the loading comments began a 200 stream: the error goes in it
-                exchange.end(_sse_error(exc))
+                exchange.end(exc.sse_event())
             elif ollama:
                 send_ollama_error(exchange, exc)
             else:
@@ -152,13 +152,9 @@ class StartedStream:
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         if status >= 400 and body.startswith(b"{"):
-            self._exchange.end(b"data: " + body + b"\n\n")
+            self._exchange.end(sse_error_event(body))
         else:
             self._exchange.end(body)
-
-
-def _sse_error(exc: APIError) -> bytes:
-    return b"data: " + exc.body_bytes() + b"\n\n"
 
 
 def _peek(body: bytes) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class APIError(Exception):
 
         OpenAI's SDKs raise an APIError when an event's data carries "error".
         """
-        return b"data: " + self.body_bytes() + b"\n\n"
+        return sse_error_event(self.body_bytes())
 
 
 def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
@@ -195,3 +195,9 @@ def from_validation_error(exc: ValidationError | list[dict[str, Any]]) -> APIErr
 
 def _is_type_tag(segment: str) -> bool:
     return segment in {"str", "int", "float", "bool", "dict", "list"} or "[" in segment or segment.startswith("function-")
+
+
+def sse_error_event(body: bytes) -> bytes:
+    """Frames an error body already serialized (APIError's own, or a backend's being
+    relayed) as the event that ends a stream whose status was already sent."""
+    return b"data: " + body + b"\n\n"

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from localmodel_server.protocol.errors import APIError, bad_gateway, model_not_found, service_unavailable
+from localmodel_server.protocol.errors import APIError, bad_gateway, model_not_found, service_unavailable, sse_error_event
 
 from .exchange import Exchange
 from .routes import RouteEntry, RouteTable, not_ready
@@ -84,9 +84,10 @@ class HeldStream:
         elif status < 300:
             self._exchange.end(body)
         else:
-            if not body.startswith(b"{"):
-                body = bad_gateway(f"The backend answered {status}.").body_bytes()
-            self._exchange.end(b"data: " + body + b"\n\n")
+            if body.startswith(b"{"):
+                self._exchange.end(sse_error_event(body))
+            else:
+                self._exchange.end(bad_gateway(f"The backend answered {status}.").sse_event())
 
 
 class Holding:
