@@ -118,16 +118,19 @@ build_busybox() {
 
 # Wheels for everything pyproject's dependencies need, at constraints.txt's pins.
 # llama-cpp-python is compiled with the image's CMake flags into a pip cache of
-# its own: pip's wheel cache is keyed by the sdist alone, so sharing the host's
-# would hand back the wheel built for this machine's CPU.
+# its own, named after the flags: pip's wheel cache is keyed by the sdist alone,
+# so sharing the host's would hand back the wheel built for this machine's CPU.
+# (These flags leave GGML_BACKEND_DIR unset, so the CPU libraries install to
+# site-packages/bin; engine/backends.py looks there as well as beside libllama.)
 build_wheelhouse() {
-    local wheelhouse="$repo/.wheelhouse" requirements
+    local wheelhouse="$repo/.wheelhouse" requirements flags_id
+    flags_id="$(echo "$llama_cmake_args" | sha256sum | cut -c1-8)"
     requirements="$(mktemp)"
     "$python" -c "import tomllib; print('\n'.join(tomllib.load(open('$repo/pyproject.toml', 'rb'))['project']['dependencies']))" \
         >"$requirements"
     mkdir -p "$wheelhouse"
     log "building the wheelhouse (the first time compiles llama.cpp for every CPU level: long)"
-    CMAKE_ARGS="$llama_cmake_args" PIP_CACHE_DIR="$cache/pip-image-cpu" \
+    CMAKE_ARGS="$llama_cmake_args" PIP_CACHE_DIR="$cache/pip-image-cpu-$flags_id" \
         "$python" -m pip wheel --quiet -c "$repo/constraints.txt" -r "$requirements" -w "$wheelhouse" >&2
     # What the Dockerfiles' pip steps need besides: pip itself and the build backend.
     "$python" - "$repo/pyproject.toml" >"$requirements" <<'PY'

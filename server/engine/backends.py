@@ -32,8 +32,16 @@ def _ggml() -> ctypes.CDLL:
 
 
 def library_dir() -> Path:
-    """The folder of libllama and, in a split build, of the backend libraries."""
+    """The folder of libllama: llama_cpp/lib in the installed package."""
     return Path(llama_cpp.llama_cpp._base_path)
+
+
+def backend_dirs() -> list[Path]:
+    """Where a split build's backend libraries are: beside libllama when built with
+    GGML_BACKEND_DIR=llama_cpp/lib (as Dockerfile.server does), else where ggml installs
+    them by default, the install prefix's bin/ (site-packages/bin in a wheel)."""
+    lib = library_dir()
+    return [lib, lib.parents[1] / "bin"]
 
 
 def load_dynamic_backends() -> int:
@@ -42,7 +50,11 @@ def load_dynamic_backends() -> int:
     Returns the number of devices llama.cpp then has.
     """
     ggml = _ggml()
-    if ggml.ggml_backend_dev_count() == 0:
-        ggml.ggml_backend_load_all_from_path(str(library_dir()).encode())
-        log.info("loaded llama.cpp backends from %s", library_dir())
+    for folder in backend_dirs():
+        if ggml.ggml_backend_dev_count() > 0:
+            break
+        if folder.is_dir():
+            ggml.ggml_backend_load_all_from_path(str(folder).encode())
+            if ggml.ggml_backend_dev_count() > 0:
+                log.info("loaded llama.cpp backends from %s", folder)
     return int(ggml.ggml_backend_dev_count())

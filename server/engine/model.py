@@ -13,7 +13,7 @@ import llama_cpp
 from llama_cpp import _internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from .backends import library_dir, load_dynamic_backends
+from .backends import backend_dirs, load_dynamic_backends
 
 # Used when a model ships no chat template; llama.cpp's own default is ChatML too.
 CHATML_TEMPLATE = (
@@ -33,7 +33,7 @@ def _init_backend() -> None:
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         llama_cpp.llama_backend_init()
         if load_dynamic_backends() == 0:
-            raise RuntimeError(f"llama.cpp has no compute device: no backend library in {library_dir()}")
+            raise RuntimeError(f"llama.cpp has no compute device: no backend library in {', '.join(map(str, backend_dirs()))}")
         _backend_ready = True
 
 
