@@ -252,7 +252,9 @@ def write_files(layout: Layout) -> None:
         layout.state / "Corefile": config.corefile(layout),
     }
     for path, text in files.items():
-        path.write_text(text)
+        # Only when changed: kube-proxy exits when its configuration file is written.
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
 
 
 # --- up ------------------------------------------------------------------------------

@@ -262,6 +262,8 @@ def kube_proxy_config(layout: Layout) -> dict[str, Any]:
         "clientConnection": {"kubeconfig": str(layout.kubeconfig("kube-proxy"))},
         "hostnameOverride": NODE_NAME,
         "clusterCIDR": str(POD_CIDR),
+        # NodePorts on the node's bridge address only, never on the machine's own network.
+        "nodePortAddresses": [f"{NODE_IP}/32"],
         "bindAddress": str(NODE_IP),
         "healthzBindAddress": "127.0.0.1:10256",
         "metricsBindAddress": "127.0.0.1:10249",
