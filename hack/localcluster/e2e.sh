@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The e2e tier on the one-node local cluster, as CI runs it:
-#   1. build the images (images.sh; cached, a warm rebuild compiles nothing)
+#   1. install the Debian packages if missing (deps.sh), build the images (images.sh;
+#      cached, a warm rebuild compiles nothing)
 #   2. bring the cluster up (cluster.py up; reused if it runs)
 #   3. run tests/e2e against it: helm install with the local images, LocalModels
 #      whose weights this machine serves on the node's address, OpenAI calls from a
@@ -20,6 +21,7 @@ log() { echo "e2e.sh: $*" >&2; }
 
 up() {
     [[ -x "$python" ]] || make -C "$root" install
+    "$here/deps.sh"
     "$here/images.sh"
     "$python" "$here/cluster.py" up
 }
