@@ -32,11 +32,14 @@ run: install
 	@test -f $(DEMO_VOLUME)/tiny-embed.gguf || $(BIN)/python -m localmodel_server.testmodels embed $(DEMO_VOLUME)/tiny-embed.gguf
 	$(BIN)/localmodel up examples/local --volume local-models=$(DEMO_VOLUME)
 
+# The suite, then the cluster tier: real pods on a one-node local cluster (root;
+# hack/localcluster/e2e.sh installs the Debian packages it needs, builds the
+# images, brings the cluster up, runs tests/e2e and takes the cluster down).
 test: install tools
 	$(BIN)/pytest
+	hack/localcluster/e2e.sh
 
-# The cluster tier alone (root): builds the images, brings up the one-node local
-# cluster, runs tests/e2e against it and takes it down (hack/localcluster/).
+# The cluster tier alone.
 test-cluster: install tools
 	hack/localcluster/e2e.sh
 
