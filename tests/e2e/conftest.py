@@ -21,7 +21,7 @@ from tests.helm.chart import CHART, run_helm
 
 
 # The faults delete pods and the operator, so they run after what watches a steady cluster.
-ORDER = ("test_serving.py", "test_security.py", "test_faults.py")
+ORDER = ("test_serving.py", "test_security.py", "test_scaling.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,11 +44,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeightsServer]:
-    """chat.gguf, embed.gguf and slow.gguf (the chat model, served slowly) over HTTP to the pods."""
+    """chat.gguf, embed.gguf, slow.gguf (the chat model, served slowly) and long.gguf over HTTP to the pods."""
     folder = tmp_path_factory.mktemp("weights")
     chat = testmodels.write_llama(folder / "chat.gguf")
     testmodels.write_bert(folder / "embed.gguf")
     shutil.copy(chat, folder / "slow.gguf")
+    # Slow enough to decode (about 150 tokens/s on 2 cores) that a stream outlasts a pod's deletion.
+    testmodels.write_llama(folder / "long.gguf", testmodels.LlamaShape(n_embd=512, n_layer=8, n_head=8,
+                                                                       n_head_kv=8, n_ff=1024), name="long-chat")
     with serving_weights(folder) as server:
         # About 20 s for the whole file: long enough to watch PROGRESS move, or to interrupt.
         server.rates["slow.gguf"] = max(1, chat.stat().st_size // 20)

@@ -35,12 +35,16 @@ def test_a_server_pod_deleted_mid_stream_ends_the_stream_and_its_replacement_doe
     installed: tuple[str, str], models: dict[str, Any], weights: WeightsServer,
 ) -> None:
     release_ns, _ = installed
-    victim = ready_pod("tiny-chat")["metadata"]["name"]
-    assert weights.gets("slow.gguf") == 1
+    apply_model("long-chat", {"source": weights.source("long.gguf"), "servedName": "long-chat",
+                              "contextSize": 4096, "storage": {"size": "1Gi"}})
+    wait_phase("long-chat", {"Ready"})
+    victim = ready_pod("long-chat")["metadata"]["name"]
+    assert weights.gets("long.gguf") == 1
     with port_forward(release_ns, f"{RELEASE}-router", 80) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-        stream = client.chat.completions.create(**SEED_REQUEST, max_tokens=1000, stream=True,
-                                                extra_body={"ignore_eos": True})
+        # 3000 tokens take this model about 20 s: the pod is gone long before the end.
+        stream = client.chat.completions.create(model="long-chat", messages=SEED_REQUEST["messages"],
+                                                max_tokens=3000, stream=True, extra_body={"ignore_eos": True})
         ended = None
         started = time.monotonic()
         try:
@@ -53,12 +57,14 @@ def test_a_server_pod_deleted_mid_stream_ends_the_stream_and_its_replacement_doe
         assert ended is not None, "the stream ran to its end: the pod was not deleted in time"
         assert time.monotonic() - started < 60, "the stream hung after its server went away"
 
-        replacement = ready_pod("tiny-chat")["metadata"]["name"]
+        replacement = ready_pod("long-chat")["metadata"]["name"]
         assert replacement != victim
-        completion = client.chat.completions.create(**SEED_REQUEST, max_tokens=8)
+        completion = client.chat.completions.create(model="long-chat", messages=SEED_REQUEST["messages"],
+                                                    max_tokens=8)
         assert completion.usage.completion_tokens > 0
     # The weights stayed in the claim: the replacement pod did not fetch them again.
-    assert weights.gets("slow.gguf") == 1
+    assert weights.gets("long.gguf") == 1
+    kubectl("delete", "lm", "long-chat", "-n", MODELS_NS, "--wait=false")
 
 
 def test_the_operator_killed_mid_pull_converges_with_no_duplicate_job_or_claim(
