@@ -21,7 +21,7 @@ from tests.helm.chart import CHART, run_helm
 
 
 # The faults delete pods and the operator, so they run after what watches a steady cluster.
-ORDER = ("test_serving.py", "test_security.py", "test_scaling.py", "test_faults.py")
+ORDER = ("test_serving.py", "test_security.py", "test_registries.py", "test_scaling.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

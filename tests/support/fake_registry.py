@@ -1,4 +1,5 @@
-"""A small OCI-distribution registry on 127.0.0.1, for the puller's ollama and oci sources.
+"""A small OCI-distribution registry, for the puller's ollama and oci sources: on 127.0.0.1,
+or on the node's address for the cluster tier (tests/e2e/test_registries.py).
 
 It speaks what a pull needs: manifests by tag or digest, blobs with Range
 (served by http_faults.py's file server, so drops and stalls can be injected),
@@ -37,8 +38,8 @@ class Pushed:
 
 
 class FakeRegistry(FaultyHTTPServer):
-    def __init__(self, blob_dir: Path) -> None:
-        super().__init__()
+    def __init__(self, blob_dir: Path, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.RequestHandlerClass = _RegistryHandler
         self.blob_dir = blob_dir
         self.manifests: dict[tuple[str, str], tuple[str, bytes]] = {}
@@ -48,7 +49,7 @@ class FakeRegistry(FaultyHTTPServer):
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        return f"{self.server_address[0]}:{self.server_address[1]}"
 
     def require_login(self, user: str, password: str) -> None:
         """From now on every /v2/ request needs the Bearer token that /token gives for these credentials."""
