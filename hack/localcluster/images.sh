@@ -84,8 +84,13 @@ save() {  # save <image> <name>
 
 # --- images -------------------------------------------------------------------
 
+# Kept once made: a new base would invalidate every layer above it. Set
+# LOCALMODEL_REBUILD_BASE=1 to make it afresh (newer Debian packages).
 build_base() {
     local rootfs
+    if [[ "${LOCALMODEL_REBUILD_BASE:-}" != 1 ]] && docker image inspect "$base_image" >/dev/null 2>&1; then
+        return
+    fi
     rootfs="$(mktemp -d)"
     log "making the base image from Debian packages (about 2 minutes)"
     mmdebstrap --variant=minbase --include=python3,python3-venv,libgomp1,ca-certificates \
@@ -169,8 +174,7 @@ main() {
             base | pause | busybox | server | operator) ;;
             *) log "unknown image '$target'"; exit 2 ;;
         esac
-        if [[ "$target" == server || "$target" == operator ]] &&
-            ! docker image inspect "$base_image" >/dev/null 2>&1; then
+        if [[ "$target" == server || "$target" == operator ]]; then
             build_base
         fi
         "build_$target"
