@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes.client import ApiClient, ApiextensionsV1Api, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client import ApiClient, CustomObjectsApi
+
+from support.controlplane import install_crd
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "localmodel.dev_localmodels.yaml"
@@ -23,27 +23,6 @@ RESYNC_INTERVAL_S = 2.0
 
 def local_model(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalModel", "metadata": {"name": name}, "spec": spec}
-
-
-def install_crd(api: ApiClient) -> None:
-    """Creates (or replaces) the CRD and waits until the apiserver serves it."""
-    crd = yaml.safe_load(CRD_PATH.read_text())
-    extensions = ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-        extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = extensions.read_custom_resource_definition(crd["metadata"]["name"]).status
-        if any(c.type == "Established" and c.status == "True" for c in (status.conditions or [])):
-            return
-        time.sleep(0.1)
-    raise AssertionError("the LocalModel CRD never became Established")
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from kubernetes.client import ApiextensionsV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api, RbacAuthorizationV1Api
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client import CoreV1Api, CustomObjectsApi, DiscoveryV1Api, RbacAuthorizationV1Api
 
+from support.controlplane import install_crd
 from support.model_server import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = ROOT / "crds" / "localmodel.dev_localmodels.yaml"
 RULES_PATH = ROOT / "charts" / "localmodel" / "files" / "router-rbac-rules.yaml"
 GROUP, VERSION, PLURAL = "localmodel.dev", "v1alpha1", "localmodels"
 ROUTER_SA = "localmodel-router"
@@ -31,21 +30,8 @@ ROUTER_SA = "localmodel-router"
 @pytest.fixture(scope="module")
 def admin(control_plane):
     with control_plane.api_client() as api:
-        ensure_crd(api)
+        install_crd(api)
         yield api
-
-
-def ensure_crd(api) -> None:
-    crd = yaml.safe_load(CRD_PATH.read_text())
-    extensions = ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:  # already installed by another test module
-            raise
-    assert wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                                for c in extensions.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
-                    timeout=30)
 
 
 def bind_router_rules(api, namespace: str, account: str = ROUTER_SA) -> None:

@@ -14,13 +14,12 @@ from typing import Any
 
 import httpx
 import yaml
-from kubernetes.client import ApiextensionsV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api, RbacAuthorizationV1Api
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client import CoreV1Api, CustomObjectsApi, DiscoveryV1Api, RbacAuthorizationV1Api
 
+from support.controlplane import install_crd
 from support.model_server import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = ROOT / "crds" / "localmodel.dev_localmodels.yaml"
 RULES_PATH = ROOT / "charts" / "localmodel" / "files" / "router-rbac-rules.yaml"
 GROUP, VERSION, PLURAL = "localmodel.dev", "v1alpha1", "localmodels"
 
@@ -30,16 +29,7 @@ CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def setup(api: Any, namespace: str) -> None:
-    crd = yaml.safe_load(CRD_PATH.read_text())
-    extensions = ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    assert wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
-                                extensions.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
-                    timeout=30)
+    install_crd(api)
     rbac = RbacAuthorizationV1Api(api)
     rbac.create_namespaced_role(namespace, {"metadata": {"name": ROUTER_SA}, "rules": yaml.safe_load(RULES_PATH.read_text())})
     rbac.create_namespaced_role_binding(namespace, {

@@ -36,7 +36,7 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client import ApiClient, ApiextensionsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from .pki import Pki, write_pki
@@ -277,6 +277,30 @@ def running_control_plane(binaries: dict[str, Path]) -> Iterator[ControlPlane]:
         for proc, _ in reversed(list(procs.values())):
             _stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+LOCALMODEL_CRD = Path(__file__).resolve().parents[2] / "crds" / "localmodel.dev_localmodels.yaml"
+
+
+def install_crd(api: ApiClient) -> None:
+    """Creates (or replaces) the CRD and waits until the apiserver serves it."""
+    crd = yaml.safe_load(LOCALMODEL_CRD.read_text())
+    extensions = ApiextensionsV1Api(api)
+    try:
+        extensions.create_custom_resource_definition(crd)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
+        extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = extensions.read_custom_resource_definition(crd["metadata"]["name"]).status
+        if any(c.type == "Established" and c.status == "True" for c in (status.conditions or [])):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the LocalModel CRD never became Established")
 
 
 # --- pytest wiring ---------------------------------------------------------------
