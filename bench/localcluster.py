@@ -46,19 +46,12 @@ def install_and_answer(results: dict[str, float]) -> None:
     import openai
 
     from support.seed import SEED_REQUEST
-    from tests.helm.chart import CHART, run_helm
 
     with tempfile.TemporaryDirectory() as folder:
         testmodels.write_llama(Path(folder) / "chat.gguf")
         with e2e.serving_weights(Path(folder)) as weights:
             started = time.monotonic()
-            e2e.kubectl("create", "namespace", e2e.MODELS_NS)
-            run_helm("install", e2e.RELEASE, str(CHART), "--namespace", e2e.RELEASE_NS, "--create-namespace",
-                     "--wait", "--timeout", "5m",
-                     "--set", "images.server.repository=localmodel/localmodel", "--set", "images.server.tag=local",
-                     "--set", "images.operator.repository=localmodel/localmodel-operator",
-                     "--set", "images.operator.tag=local", "--set", "images.pullPolicy=Never",
-                     "--set", f"watchNamespaces={{{e2e.MODELS_NS}}}", "--set", "router.replicas=1")
+            e2e.install_chart()
             results["helm install (operator and router Ready)"] = time.monotonic() - started
             e2e.apply_model("tiny-chat", {"source": weights.source("chat.gguf"), "servedName": "llama3",
                                           "storage": {"size": "1Gi"}})
@@ -80,6 +73,8 @@ def main() -> None:
     os.environ["KUBECONFIG"] = subprocess.run([*CLUSTER, "env"], check=True, capture_output=True,
                                               text=True).stdout.split("=", 1)[1].strip()
     os.environ.setdefault("LOCALMODEL_E2E_HOST", "10.213.0.1")
+    os.environ.setdefault("LOCALMODEL_E2E_SERVER_IMAGE", "localmodel/localmodel:local")
+    os.environ.setdefault("LOCALMODEL_E2E_OPERATOR_IMAGE", "localmodel/localmodel-operator:local")
     try:
         install_and_answer(results)
     finally:

@@ -128,6 +128,36 @@ def serving_weights(folder: Path) -> Iterator[WeightsServer]:
 # --- LocalModels -------------------------------------------------------------------
 
 
+def install_chart(*sets: str) -> None:
+    """`helm upgrade --install` of the chart with the images loaded into the node, watching MODELS_NS.
+
+    `sets` are further `--set` values (key=value). Idempotent, so a kept cluster runs again.
+    """
+    from tests.helm.chart import CHART, run_helm
+
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                                                  "metadata": {"name": MODELS_NS}}))
+    server_repo, server_tag = image("LOCALMODEL_E2E_SERVER_IMAGE", "localmodel:e2e")
+    operator_repo, operator_tag = image("LOCALMODEL_E2E_OPERATOR_IMAGE", "localmodel-operator:e2e")
+    values = [f"images.server.repository={server_repo}", f"images.server.tag={server_tag}",
+              f"images.operator.repository={operator_repo}", f"images.operator.tag={operator_tag}",
+              "images.pullPolicy=Never",  # loaded into the node, never pulled
+              f"watchNamespaces={{{MODELS_NS}}}", "router.replicas=1", *sets]
+    run_helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
+             "--wait", "--timeout", "5m", *(arg for value in values for arg in ("--set", value)))
+
+
+def uninstall_chart() -> None:
+    """Delete the LocalModels (so their children go first), the release and both namespaces."""
+    from tests.helm.chart import run_helm
+
+    with contextlib.suppress(Exception):
+        kubectl("delete", "localmodels.localmodel.dev", "--all", "-n", MODELS_NS, "--wait=true", "--timeout=120s")
+    with contextlib.suppress(Exception):
+        run_helm("uninstall", RELEASE, "--namespace", RELEASE_NS, "--wait")
+    kubectl("delete", "namespace", MODELS_NS, RELEASE_NS, "--ignore-not-found", check=False)
+
+
 def apply_model(name: str, spec: dict[str, Any], namespace: str = MODELS_NS) -> None:
     manifest = {"apiVersion": f"{API_GROUP}/{VERSION}", "kind": "LocalModel", "metadata": {"name": name},
                 "spec": spec}

@@ -3,8 +3,6 @@ and the chat and embedding models Ready. Skipped unless LOCALMODEL_E2E=1."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,10 +12,9 @@ from typing import Any
 import pytest
 
 from e2e.cluster import (
-    MODELS_NS, RELEASE, RELEASE_NS, WeightsServer, apply_model, image, kubectl, serving_weights, wait_phase,
+    MODELS_NS, RELEASE_NS, WeightsServer, apply_model, install_chart, serving_weights, uninstall_chart, wait_phase,
 )
 from localmodel_server import testmodels
-from tests.helm.chart import CHART, run_helm
 
 
 # The faults delete pods and the operator, so they run after what watches a steady cluster.
@@ -61,26 +58,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeightsServer]
 @pytest.fixture(scope="session")
 def installed() -> Iterator[tuple[str, str]]:
     """The chart installed with the local images, watching a namespace of its own: (release ns, models ns)."""
-    # Idempotent, so a kept cluster (KEEP_CLUSTER=1) can run the tier again.
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace",
-                                                  "metadata": {"name": MODELS_NS}}))
-    server_repo, server_tag = image("LOCALMODEL_E2E_SERVER_IMAGE", "localmodel:e2e")
-    operator_repo, operator_tag = image("LOCALMODEL_E2E_OPERATOR_IMAGE", "localmodel-operator:e2e")
     try:
-        run_helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
-                 "--wait", "--timeout", "5m",
-                 "--set", f"images.server.repository={server_repo}", "--set", f"images.server.tag={server_tag}",
-                 "--set", f"images.operator.repository={operator_repo}", "--set", f"images.operator.tag={operator_tag}",
-                 "--set", "images.pullPolicy=Never",  # loaded into the node, never pulled
-                 "--set", f"watchNamespaces={{{MODELS_NS}}}", "--set", "networkPolicy.enabled=true",
-                 "--set", "router.replicas=1", "--set", "models.storageSize=1Gi")
+        install_chart("networkPolicy.enabled=true", "models.storageSize=1Gi")
         yield RELEASE_NS, MODELS_NS
     finally:
-        with contextlib.suppress(Exception):
-            kubectl("delete", "localmodels.localmodel.dev", "--all", "-n", MODELS_NS, "--wait=true", "--timeout=120s")
-        with contextlib.suppress(Exception):
-            run_helm("uninstall", RELEASE, "--namespace", RELEASE_NS, "--wait")
-        kubectl("delete", "namespace", MODELS_NS, RELEASE_NS, "--ignore-not-found", check=False)
+        uninstall_chart()
 
 
 @pytest.fixture(scope="session")
