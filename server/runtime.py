@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 import time
 
 from .engine.batching import BatchEngine, EngineConfig
 from .engine.embedding import Embedder
 from .engine.model import LoadedModel
+from .engine.overload import Admission, retry_after
 from .metrics import ServerMetrics
 from .protocol import errors
 from .settings import ServerSettings
@@ -35,6 +37,8 @@ class ModelRuntime:
         self.model: LoadedModel | None = None
         self.engine: BatchEngine | None = None
         self.embedder: Embedder | None = None
+        # Places for generation requests, bounded before any work is spent on them (None until loaded).
+        self.admission: Admission | None = None
         self.created = int(time.time())
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -73,6 +77,7 @@ class ModelRuntime:
                              batch_size=s.batch_size, queue_size=s.queue_size),
             )
             self.metrics.watch_engine(lambda: self.engine.queued, lambda: self.engine.busy_slots)
+            self.admission = Admission(s.parallel + s.queue_size)
         self.model = model
 
     # -- request admission ------------------------------------------------------
@@ -92,6 +97,13 @@ class ModelRuntime:
                                              code="server_draining")
         raise errors.service_unavailable(f"The model failed to load: {self.failure}", retry_after=30,
                                          code="model_load_failed")
+
+    def queue_full(self) -> errors.APIError:
+        """The 503 for a request that finds every place taken, with the queue's drain time as Retry-After."""
+        assert self.engine is not None
+        completions, span = self.engine.completion_rate.observed()
+        wait = retry_after(self.engine.queued, completions, span, random.random())
+        return errors.queue_full(round(1000 * wait))
 
     def request_started(self) -> None:
         self.in_flight += 1

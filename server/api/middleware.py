@@ -1,4 +1,4 @@
-"""ASGI middleware: body size limit, metrics, in-flight tracking and one log line per request."""
+"""ASGI middleware: admission, body size limit, metrics, in-flight tracking and one log line per request."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from ..metrics import ServerMetrics
 from ..protocol import errors
 from ..runtime import ModelRuntime
 from .errors import error_response
+from .ollama import ollama_error
 
 log = logging.getLogger("localmodel.access")
+
+# Requests that take a place in the engine (a slot or the queue before one).
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"})
 
 _ENDPOINTS = {
     "/v1/chat/completions": "chat",
@@ -33,7 +37,7 @@ def endpoint_label(path: str) -> str:
 
 
 class RequestObserver:
-    """Wraps /v1 requests: rejects oversized bodies, counts, times and logs them.
+    """Wraps /v1 and /api requests: refuses what finds no place or is too large, counts, times and logs them.
 
     It is pure ASGI rather than a BaseHTTPMiddleware so that streamed responses
     pass through untouched and are timed to their last byte.
@@ -66,9 +70,9 @@ class RequestObserver:
         try:
             declared = _header(scope, b"content-length")
             if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await error_response(errors.payload_too_large(self.max_body_bytes))(scope, receive, send_observed)
+                await refusal(scope, errors.payload_too_large(self.max_body_bytes))(scope, receive, send_observed)
             else:
-                await self.app(scope, self._limited(receive), send_observed)
+                await self._admitted(scope, receive, send_observed)
         finally:
             elapsed = time.perf_counter() - started
             self.runtime.request_finished()
@@ -81,6 +85,20 @@ class RequestObserver:
                 extra={"request_id": request_id, "method": scope["method"], "path": scope["path"],
                        "status": status, "duration_ms": round(elapsed * 1000, 1)},
             )
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request; a generation request first takes a place, before its body is even read."""
+        admission = self.runtime.admission
+        if admission is None or scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
+            await self.app(scope, self._limited(receive), send)
+            return
+        if not admission.enter():
+            await refusal(scope, self.runtime.queue_full())(scope, receive, send)
+            return
+        try:
+            await self.app(scope, self._limited(receive), send)
+        finally:
+            admission.leave()
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0
@@ -95,6 +113,11 @@ class RequestObserver:
             return message
 
         return receive_limited
+
+
+def refusal(scope: Scope, exc: errors.APIError) -> ASGIApp:
+    """The error in the shape of the API the path belongs to: Ollama's for /api, else OpenAI's envelope."""
+    return ollama_error(exc) if scope["path"].startswith("/api/") else error_response(exc)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

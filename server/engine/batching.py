@@ -81,13 +81,6 @@ Event = Delta | Finished
 class QueueFull(Exception):
     """Every slot is busy and the waiting queue is at its limit."""
 
-    def __init__(self, queued: int, completions: int, span: float) -> None:
-        super().__init__(f"{queued} requests queued")
-        self.queued = queued
-        # Slot releases over the last `span` seconds: how fast the queue drains.
-        self.completions = completions
-        self.span = span
-
 
 class EngineStopped(Exception):
     """The engine no longer accepts work (shutting down)."""
@@ -182,7 +175,7 @@ class BatchEngine:
             if not self._running:
                 raise EngineStopped()
             if len(self._waiting) >= self.config.queue_size and self.busy_slots >= self.config.parallel:
-                raise QueueFull(len(self._waiting), *self.completion_rate.observed())
+                raise QueueFull()
             self._waiting.append(gen)
             self._cond.notify()
         return gen

@@ -60,3 +60,27 @@ def retry_after(queued: int, completions: int, span: float, jitter: float) -> fl
         # Nothing finished for `span` seconds: the queue will not drain sooner than that.
         expected = max(1.0, span)
     return min(MAX_RETRY_S, max(MIN_RETRY_S, expected * (0.5 + jitter)))
+
+
+class Admission:
+    """The places a generation request can hold: one per slot plus one per queue entry.
+
+    A request takes its place as it arrives, before its body is read, parsed, templated
+    and tokenized, and gives it back when its response has been sent. Refused early, an
+    excess request costs next to nothing; refused at the engine's queue, it cost all that
+    work first, and under 3x overload that work starved the decode loop (goodput fell to
+    a third of capacity, docs/benchmarks.md). Used on the event loop only.
+    """
+
+    def __init__(self, places: int) -> None:
+        self.places = places
+        self.taken = 0
+
+    def enter(self) -> bool:
+        if self.taken >= self.places:
+            return False
+        self.taken += 1
+        return True
+
+    def leave(self) -> None:
+        self.taken -= 1

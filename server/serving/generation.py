@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +14,6 @@ from starlette.requests import Request
 
 from ..engine.batching import Delta, EngineStopped, Finished, Generation, GenerationRequest, QueueFull, TokenOut
 from ..engine.model import LoadedModel
-from ..engine.overload import retry_after
 from ..engine.sampling import SamplingParams
 from ..metrics import ServerMetrics
 from ..protocol import errors
@@ -80,9 +78,8 @@ def submit(runtime: ModelRuntime, request: GenerationRequest) -> Generation:
     assert runtime.engine is not None
     try:
         return runtime.engine.submit(request)
-    except QueueFull as full:
-        wait_ms = round(1000 * retry_after(full.queued, full.completions, full.span, random.random()))
-        raise errors.queue_full(wait_ms) from None
+    except QueueFull:
+        raise runtime.queue_full() from None
     except EngineStopped:
         raise errors.service_unavailable("The server is shutting down.", code="server_draining") from None
 

@@ -7,6 +7,7 @@ import json
 import socket
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -106,6 +107,34 @@ def test_full_queue_answers_503_with_retry_after(one_slot_server):
         assert refused.json()["error"]["code"] == "queue_full"
     finally:
         running.close()
+
+
+def test_a_full_server_refuses_before_the_body_is_read(one_slot_server):
+    # The slot and the one queue place are taken; a third request is refused before any work
+    # is spent on it, so even a body that is not JSON gets the 503, not a 400.
+    running, waiting = open_stream(one_slot_server), open_stream(one_slot_server)
+    try:
+        assert wait_for(lambda: one_slot_server.metric("localmodel_queue_depth") == 1)
+        refused = httpx.post(f"{one_slot_server.base_url}/v1/chat/completions", content=b"{not json",
+                             headers={"Content-Type": "application/json"}, timeout=10)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert int(refused.headers["retry-after-ms"]) >= 50
+        # Ollama's API is refused the same way, in Ollama's shape.
+        with pytest.raises(ollama.ResponseError) as refused_ollama:
+            ollama.Client(host=one_slot_server.base_url).chat(
+                model="llama3", messages=[{"role": "user", "content": "hi"}])
+        assert refused_ollama.value.status_code == 503
+        assert "queue is full" in refused_ollama.value.error
+    finally:
+        running.close()
+        waiting.close()
+    # Both places are given back when their responses end.
+    assert wait_for(lambda: one_slot_server.metric("localmodel_busy_slots") == 0, timeout=5)
+    for _ in range(3):
+        response = httpx.post(f"{one_slot_server.base_url}/v1/chat/completions", timeout=30, json={
+            "model": "llama3", "messages": [{"role": "user", "content": "next"}], "max_tokens": 3})
+        assert response.status_code == 200
 
 
 def test_stream_disconnect_frees_the_slot(one_slot_server):

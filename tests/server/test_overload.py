@@ -1,10 +1,10 @@
-"""Retry-After for a refused request: the queue's drain time at the recent rate, with jitter."""
+"""Admission and Retry-After for a refused request: the queue's drain time at the recent rate, with jitter."""
 
 from __future__ import annotations
 
 import pytest
 
-from localmodel_server.engine.overload import MAX_RETRY_S, CompletionRate, retry_after
+from localmodel_server.engine.overload import MAX_RETRY_S, Admission, CompletionRate, retry_after
 
 
 def test_the_wait_is_the_queue_ahead_over_the_completion_rate():
@@ -43,3 +43,13 @@ def test_completion_rate_counts_only_the_window():
     assert rate.observed() == (3, 6.0)
     now[0] = 113.0  # 101 and 102 have left the window
     assert rate.observed() == (1, 10.0)
+
+
+def test_admission_holds_as_many_requests_as_it_has_places():
+    admission = Admission(places=2)
+    assert admission.enter() and admission.enter()
+    assert not admission.enter()
+    admission.leave()
+    assert admission.enter()
+    assert not admission.enter()
+    assert admission.taken == 2
