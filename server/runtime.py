@@ -11,7 +11,7 @@ import time
 from .engine.batching import BatchEngine, EngineConfig
 from .engine.embedding import Embedder
 from .engine.model import LoadedModel
-from .engine.overload import Admission, retry_after
+from .engine.overload import Admission
 from .metrics import ServerMetrics
 from .protocol import errors
 from .settings import ServerSettings
@@ -77,7 +77,7 @@ class ModelRuntime:
                              batch_size=s.batch_size, queue_size=s.queue_size),
             )
             self.metrics.watch_engine(lambda: self.engine.queued, lambda: self.engine.busy_slots)
-            self.admission = Admission(s.parallel + s.queue_size)
+            self.admission = Admission(s.parallel, s.queue_size)
         self.model = model
 
     # -- request admission ------------------------------------------------------
@@ -99,10 +99,10 @@ class ModelRuntime:
                                          code="model_load_failed")
 
     def queue_full(self) -> errors.APIError:
-        """The 503 for a request that finds every place taken, with the queue's drain time as Retry-After."""
-        assert self.engine is not None
+        """The 503 for a request that finds every place taken, with its turn in the return schedule as Retry-After."""
+        assert self.engine is not None and self.admission is not None
         completions, span = self.engine.completion_rate.observed()
-        wait = retry_after(self.engine.queued, completions, span, random.random())
+        wait = self.admission.returns.wait(self.engine.queued, completions, span, random.random())
         return errors.queue_full(round(1000 * wait))
 
     def request_started(self) -> None:
