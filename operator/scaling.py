@@ -11,7 +11,8 @@ Rules this module keeps:
   operator), so a restarted operator or router decides the same.
 - Waking a model from zero is the router's job (it holds the request); the
   operator wakes one too when a router reports held requests, in case the
-  router's own write failed.
+  router's own write failed. Requests merely in flight never wake it: a report
+  written before a user's scale to zero may still count some.
 """
 
 from __future__ import annotations
@@ -95,11 +96,12 @@ class RouterReport:
     in_flight: int = 0
     last_request: datetime.datetime | None = None
     reported_at: datetime.datetime | None = None
+    held: int = 0  # of in_flight, the requests waiting for the model to load
 
     @classmethod
     def from_status(cls, entry: Mapping[str, Any]) -> RouterReport:
         return cls(int(entry.get("inFlight") or 0), parse_time(entry.get("lastRequestTime")),
-                   parse_time(entry.get("reportedAt")))
+                   parse_time(entry.get("reportedAt")), int(entry.get("held") or 0))
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,16 @@ class ScaleDecision:
 
 def in_flight(reports: Mapping[str, RouterReport], now: datetime.datetime) -> int:
     """Requests the routers hold or forward, counting only entries recent enough to trust."""
-    return sum(r.in_flight for r in reports.values() if r.reported_at and _age(r.reported_at, now) <= STALE_AFTER_S)
+    return sum(r.in_flight for r in _fresh(reports, now))
+
+
+def held(reports: Mapping[str, RouterReport], now: datetime.datetime) -> int:
+    """Requests the routers hold for the model to load, counting only entries recent enough to trust."""
+    return sum(r.held for r in _fresh(reports, now))
+
+
+def _fresh(reports: Mapping[str, RouterReport], now: datetime.datetime) -> list[RouterReport]:
+    return [r for r in reports.values() if r.reported_at and _age(r.reported_at, now) <= STALE_AFTER_S]
 
 
 def last_activity(state: ScaleState) -> datetime.datetime | None:
@@ -168,11 +179,14 @@ def decide(policy: ScalePolicy, state: ScaleState, now: datetime.datetime) -> Sc
         want = min(max(math.ceil(busy / auto.target_in_flight), auto.min_replicas), auto.max_replicas)
 
     if state.replicas == 0:
-        if busy == 0:
+        # Only held requests wake it: requests forwarded just before a scale to zero still
+        # count as in flight until their router's next report, and must not undo it.
+        waiting = held(state.reports, now)
+        if waiting == 0:
             return ScaleDecision(0, prune=prune, last_request=folded)
         target = max(want, 1)
         return _scaled(base, target, "ScaledFromZero",
-                       f"{_requests(busy)} wait at the routers: scaled from 0 to {target}")
+                       f"{_requests(waiting)} wait at the routers: scaled from 0 to {target}")
 
     if policy.keep_alive_s is not None and busy == 0:
         active = last_activity(state)

@@ -2,8 +2,11 @@
 
 The operator's keepAlive and autoscaling decisions (operator/scaling.py) read
 these entries, so they must say, at low cost:
-- how many requests are in flight or held here (a busy router rewrites its entry
-  every `interval`, so a router that died leaves an entry that goes stale);
+- how many requests are in flight here (a busy router rewrites its entry every
+  `interval`, so a router that died leaves an entry that goes stale), and how many
+  of them are held waiting for the model to load: only those ask the operator to
+  wake a model at zero, since a request forwarded just before a scale to zero
+  (a user's, or keepAlive's) still counts as in flight until the next write;
 - when a request last started or ended here.
 
 Why a status patch and not a metrics scrape: the entry lives in the object the
@@ -36,18 +39,18 @@ DEFAULT_INTERVAL_S = 10.0
 class Counts:
     in_flight: int = 0
     last_request: float = 0.0  # wall clock (time.time()); 0 before the first request
-    reported: tuple[int, float] | None = None  # (in_flight, last_request) of the last write
+    reported: tuple[int, int, float] | None = None  # (in_flight, held, last_request) of the last write
     reported_at: float = 0.0  # monotonic time of the last write, or of the last failed one
 
 
-def report_due(counts: Counts, now: float, interval: float) -> bool:
+def report_due(counts: Counts, held: int, now: float, interval: float) -> bool:
     """A write is due when something changed since the last one, or as a heartbeat while busy;
-    never more often than `interval`."""
+    never more often than `interval`. `held` is how many of the requests in flight wait for the model."""
     if counts.reported_at and now - counts.reported_at < interval:
         return False
     if counts.reported is None and not counts.last_request:
         return False  # never used: nothing to say
-    changed = counts.reported != (counts.in_flight, counts.last_request)
+    changed = counts.reported != (counts.in_flight, held, counts.last_request)
     return changed or counts.in_flight > 0
 
 
@@ -55,9 +58,9 @@ def _rfc3339(wall: float) -> str:
     return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def report_patch(identity: str, in_flight: int, last_request: float, now_wall: float) -> dict[str, Any]:
+def report_patch(identity: str, in_flight: int, held: int, last_request: float, now_wall: float) -> dict[str, Any]:
     """The merge patch of this router's own entry."""
-    entry: dict[str, Any] = {"inFlight": in_flight, "reportedAt": _rfc3339(now_wall)}
+    entry: dict[str, Any] = {"inFlight": in_flight, "held": held, "reportedAt": _rfc3339(now_wall)}
     if last_request:
         entry["lastRequestTime"] = _rfc3339(last_request)
     return {"status": {"activity": {identity: entry}}}
@@ -67,10 +70,12 @@ Writer = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
 class Activity:
-    def __init__(self, identity: str, write: Writer, interval: float = DEFAULT_INTERVAL_S) -> None:
+    def __init__(self, identity: str, write: Writer, interval: float = DEFAULT_INTERVAL_S,
+                 held: Callable[[Key], int] = lambda key: 0) -> None:
         self.identity = identity
         self.interval = interval
         self._write = write
+        self._held = held  # requests of a model waiting for it to load (Holding.held)
         self._counts: dict[Key, Counts] = {}
 
     def begin(self, key: Key) -> None:
@@ -97,8 +102,8 @@ class Activity:
             await self._report(key, counts)
 
     async def _report(self, key: Key, counts: Counts) -> None:
-        state = (counts.in_flight, counts.last_request)
-        await self._write(key[0], key[1], report_patch(self.identity, state[0], state[1], time.time()))
+        state = (counts.in_flight, self._held(key), counts.last_request)
+        await self._write(key[0], key[1], report_patch(self.identity, *state, time.time()))
         counts.reported, counts.reported_at = state, time.monotonic()
 
     async def run(self) -> None:
@@ -107,7 +112,7 @@ class Activity:
             await asyncio.sleep(min(1.0, self.interval))
             now = time.monotonic()
             for key, counts in list(self._counts.items()):
-                if not report_due(counts, now, self.interval):
+                if not report_due(counts, self._held(key), now, self.interval):
                     continue
                 try:
                     await self._report(key, counts)

@@ -131,14 +131,15 @@ def add_arguments(parser: argparse.ArgumentParser, env: Any) -> None:
 def enable(router: Router, api: KubeConnection, args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     """Give `router` holding and activity reports; the coroutine runs the reports until cancelled."""
     writer = KubeWriter(api)
-    activity = Activity(args.identity, writer.patch_status, args.activity_interval)
 
     async def wake(namespace: str, name: str) -> None:
-        await activity.flush((namespace, name))
+        await activity.flush((namespace, name))  # says the held requests before the wake-up they cause
         await writer.wake(namespace, name)
 
+    holding = Holding(lambda: router.table, wake, args.hold_timeout, args.max_held, args.hold_keepalive)
+    activity = Activity(args.identity, writer.patch_status, args.activity_interval, held=holding.held)
     router.activity = activity
-    router.holding = Holding(lambda: router.table, wake, args.hold_timeout, args.max_held, args.hold_keepalive)
+    router.holding = holding
 
     async def run() -> None:
         try:

@@ -21,8 +21,9 @@ def ago(seconds: float) -> datetime.datetime:
     return NOW - datetime.timedelta(seconds=seconds)
 
 
-def report(in_flight: int = 0, last: float | None = None, reported: float | None = 0.0) -> RouterReport:
-    return RouterReport(in_flight, ago(last) if last is not None else None, ago(reported) if reported is not None else None)
+def report(in_flight: int = 0, last: float | None = None, reported: float | None = 0.0, held: int = 0) -> RouterReport:
+    return RouterReport(in_flight, ago(last) if last is not None else None, ago(reported) if reported is not None else None,
+                        held)
 
 
 KEEP_30S = ScalePolicy(keep_alive_s=30)
@@ -74,9 +75,11 @@ CASES: list[tuple[str, ScalePolicy, ScaleState, int, str, float | None]] = [
      ScaleState(1, {"r1": report(0, last=0.5, reported=0.5)}, loaded_since=ago(60)), 0, "ScaledToZero", None),
     ("at zero and idle: stays", KEEP_30S, ScaleState(0, {"r1": report(0, last=900, reported=900)}), 0, "", None),
     ("at zero with held requests (the router's wake failed): to one", KEEP_30S,
-     ScaleState(0, {"r1": report(3, last=1, reported=1)}), 1, "ScaledFromZero", None),
+     ScaleState(0, {"r1": report(3, last=1, reported=1, held=3)}), 1, "ScaledFromZero", None),
     ("at zero, held requests behind a stale report: stays", KEEP_30S,
-     ScaleState(0, {"r1": report(3, last=900, reported=STALE_AFTER_S + 1)}), 0, "", None),
+     ScaleState(0, {"r1": report(3, last=900, reported=STALE_AFTER_S + 1, held=3)}), 0, "", None),
+    ("at zero right after requests that were forwarded, none held (a user's scale to 0): stays", KEEP_30S,
+     ScaleState(0, {"r1": report(2, last=1, reported=3)}), 0, "", None),
     ("autoscaling: load above target scales up at once", ScalePolicy(autoscaling=AUTO),
      ScaleState(1, {"r1": report(6, reported=1), "r2": report(5, reported=1)}), 3, "ScaledUp", None),
     ("autoscaling: never past maxReplicas", ScalePolicy(autoscaling=AUTO),
@@ -98,7 +101,7 @@ CASES: list[tuple[str, ScalePolicy, ScaleState, int, str, float | None]] = [
     ("keepAlive and autoscaling: idle goes to zero", ScalePolicy(keep_alive_s=30, autoscaling=AUTO),
      ScaleState(3, {"r1": report(0, last=40, reported=40)}, loaded_since=ago(900)), 0, "ScaledToZero", None),
     ("keepAlive and autoscaling: from zero straight to what the held load needs", ScalePolicy(keep_alive_s=30, autoscaling=AUTO),
-     ScaleState(0, {"r1": report(9, reported=1)}), 3, "ScaledFromZero", None),
+     ScaleState(0, {"r1": report(9, reported=1, held=9)}), 3, "ScaledFromZero", None),
     ("keepAlive and autoscaling: lower load rechecks at the earlier of both", ScalePolicy(keep_alive_s=30, autoscaling=AUTO),
      ScaleState(3, {"r1": report(0, last=10, reported=10)}, loaded_since=ago(900), scale_down_since=ago(50)), 3, "", 10),
 ]

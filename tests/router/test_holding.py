@@ -49,7 +49,7 @@ class InProcessRouter:
             self.reports.append((namespace, name, patch))
 
         self.router.holding = Holding(lambda: self.router.table, wake, timeout_s, max_held, keepalive_s)
-        self.router.activity = Activity("router-a", write, interval=0.1)
+        self.router.activity = Activity("router-a", write, interval=0.1, held=self.router.holding.held)
         self._reporter = asyncio.create_task(self.router.activity.run())
         self.server = await self.loop.create_server(self.router.server(), "127.0.0.1", 0)
         return self.server.sockets[0].getsockname()[1]
@@ -127,8 +127,10 @@ def test_a_request_for_a_model_at_zero_waits_wakes_it_once_and_is_answered_when_
                for _ in range(3)]
     until(lambda: router.held() == 3)
     until(lambda: router.wakes)
-    # What the operator's keepAlive decision reads: this router's held requests count as in flight.
-    until(lambda: any(p["status"]["activity"]["router-a"]["inFlight"] == 3 for _, _, p in router.reports))
+    # What the operator's decisions read: held requests count as in flight (keepAlive), and as
+    # held, which alone may wake a model at zero.
+    until(lambda: any(p["status"]["activity"]["router-a"]["inFlight"] == 3
+                      and p["status"]["activity"]["router-a"]["held"] == 3 for _, _, p in router.reports))
 
     # The scale write went through; the watch now shows 1 replica, still loading.
     router.publish(table(entry(replicas=1)))
@@ -141,6 +143,7 @@ def test_a_request_for_a_model_at_zero_waits_wakes_it_once_and_is_answered_when_
     assert router.wakes == [REF]  # three waiters, one wake-up
     assert router.held() == 0
     until(lambda: router.reports[-1][2]["status"]["activity"]["router-a"]["inFlight"] == 0)
+    assert router.reports[-1][2]["status"]["activity"]["router-a"]["held"] == 0
     assert "lastRequestTime" in router.reports[-1][2]["status"]["activity"]["router-a"]
 
 

@@ -42,22 +42,25 @@ def test_route_entries_carry_the_scale_target() -> None:
     assert (served.ready, served.wakeable, served.scaled_to_zero) == (True, False, False)
 
 
-@pytest.mark.parametrize(("counts", "now", "due"), [
-    (Counts(), 100.0, False),  # never used: nothing to say
-    (Counts(in_flight=1, last_request=5.0), 100.0, True),  # first request: at once
-    (Counts(1, 5.0, reported=(1, 5.0), reported_at=95.0), 100.0, False),  # busy, reported 5 s ago
-    (Counts(1, 5.0, reported=(1, 5.0), reported_at=89.0), 100.0, True),  # busy: heartbeat
-    (Counts(0, 7.0, reported=(1, 5.0), reported_at=95.0), 100.0, False),  # ended, but not twice in 10 s
-    (Counts(0, 7.0, reported=(1, 5.0), reported_at=89.0), 100.0, True),  # ended
-    (Counts(0, 7.0, reported=(0, 7.0), reported_at=10.0), 100.0, False),  # idle and said so: silent
+@pytest.mark.parametrize(("counts", "held", "now", "due"), [
+    (Counts(), 0, 100.0, False),  # never used: nothing to say
+    (Counts(in_flight=1, last_request=5.0), 0, 100.0, True),  # first request: at once
+    (Counts(1, 5.0, reported=(1, 0, 5.0), reported_at=95.0), 0, 100.0, False),  # busy, reported 5 s ago
+    (Counts(1, 5.0, reported=(1, 0, 5.0), reported_at=89.0), 0, 100.0, True),  # busy: heartbeat
+    (Counts(0, 7.0, reported=(1, 0, 5.0), reported_at=95.0), 0, 100.0, False),  # ended, but not twice in 10 s
+    (Counts(0, 7.0, reported=(1, 0, 5.0), reported_at=89.0), 0, 100.0, True),  # ended
+    (Counts(0, 7.0, reported=(0, 0, 7.0), reported_at=10.0), 0, 100.0, False),  # idle and said so: silent
+    (Counts(1, 5.0, reported=(1, 1, 5.0), reported_at=89.0), 0, 100.0, True),  # no longer held: say so
 ])
-def test_activity_is_written_on_change_or_as_a_heartbeat_at_most_every_interval(counts: Counts, now: float, due: bool) -> None:
-    assert report_due(counts, now, 10.0) is due
+def test_activity_is_written_on_change_or_as_a_heartbeat_at_most_every_interval(
+    counts: Counts, held: int, now: float, due: bool
+) -> None:
+    assert report_due(counts, held, now, 10.0) is due
 
 
 def test_the_report_is_a_merge_patch_of_this_routers_own_entry() -> None:
-    assert report_patch("router-a", 2, 1893456000.0, 1893456005.0) == {"status": {"activity": {"router-a": {
-        "inFlight": 2, "lastRequestTime": "2030-01-01T00:00:00Z", "reportedAt": "2030-01-01T00:00:05Z"}}}}
+    assert report_patch("router-a", 2, 1, 1893456000.0, 1893456005.0) == {"status": {"activity": {"router-a": {
+        "inFlight": 2, "held": 1, "lastRequestTime": "2030-01-01T00:00:00Z", "reportedAt": "2030-01-01T00:00:05Z"}}}}
 
 
 def test_a_wake_writes_one_replica_only_from_zero() -> None:
