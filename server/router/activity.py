@@ -77,6 +77,7 @@ class Activity:
         self._write = write
         self._held = held  # requests of a model waiting for it to load (Holding.held)
         self._counts: dict[Key, Counts] = {}
+        self._flushes: set[asyncio.Task[None]] = set()  # flush_soon's writes, kept from the collector
 
     def begin(self, key: Key) -> None:
         counts = self._counts.get(key)
@@ -100,6 +101,20 @@ class Activity:
         counts = self._counts.get(key)
         if counts is not None:
             await self._report(key, counts)
+
+    def flush_soon(self, key: Key) -> None:
+        """Write this model's entry as soon as the loop can, outside the interval: when its last
+        held request leaves the hold. Until then the entry still says `held`, which would let
+        the operator wake the model again if someone scaled it to zero meanwhile."""
+        task = asyncio.create_task(self._flush_logged(key))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush_logged(self, key: Key) -> None:
+        try:
+            await self.flush(key)
+        except Exception as exc:  # the heartbeat loop writes it later
+            log.warning("activity report for %s/%s failed: %s", key[0], key[1], exc)
 
     async def _report(self, key: Key, counts: Counts) -> None:
         state = (counts.in_flight, self._held(key), counts.last_request)

@@ -92,9 +92,11 @@ class HeldStream:
 
 class Holding:
     def __init__(self, table: Callable[[], RouteTable], wake: Wake, timeout_s: float = DEFAULT_HOLD_TIMEOUT_S,
-                 max_held: int = DEFAULT_MAX_HELD, keepalive_s: float = DEFAULT_KEEPALIVE_S) -> None:
+                 max_held: int = DEFAULT_MAX_HELD, keepalive_s: float = DEFAULT_KEEPALIVE_S,
+                 released: Callable[[tuple[str, str]], None] = lambda key: None) -> None:
         self._table = table
         self._wake = wake
+        self._released = released  # called when a model's last held request leaves the hold
         self.timeout_s = timeout_s
         self.max_held = max_held
         self.keepalive_s = keepalive_s
@@ -164,6 +166,7 @@ class Holding:
             if not self._held[key]:
                 del self._held[key]
                 self._wake_error.pop(key, None)
+                self._released(key)
 
     def _start_wake(self, key: tuple[str, str], now: float) -> None:
         task = self._waking.get(key)

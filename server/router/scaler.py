@@ -23,8 +23,8 @@ import aiohttp
 import orjson
 
 from .. import contract
-from .activity import DEFAULT_INTERVAL_S, Activity
-from .holding import DEFAULT_HOLD_TIMEOUT_S, DEFAULT_KEEPALIVE_S, DEFAULT_MAX_HELD, Holding
+from .activity import DEFAULT_INTERVAL_S, Activity, Writer
+from .holding import DEFAULT_HOLD_TIMEOUT_S, DEFAULT_KEEPALIVE_S, DEFAULT_MAX_HELD, Holding, Wake
 
 if TYPE_CHECKING:
     from .app import Router
@@ -128,18 +128,35 @@ def add_arguments(parser: argparse.ArgumentParser, env: Any) -> None:
                        help="this replica's key in status.activity (default: the pod name)")
 
 
+def attach(router: Router, wake: Wake, write: Writer, *, identity: str, interval: float = DEFAULT_INTERVAL_S,
+           hold_timeout: float = DEFAULT_HOLD_TIMEOUT_S, max_held: int = DEFAULT_MAX_HELD,
+           hold_keepalive: float = DEFAULT_KEEPALIVE_S) -> Activity:
+    """Give `router` holding and activity reports, writing through `wake` and `write`.
+
+    The held requests of a model are written into its entry right before the wake-up
+    they cause (so the operator never sees a wake-up without a request) and again as soon
+    as the last of them leaves the hold (so a stale `held` never wakes a model that was
+    scaled to zero since).
+    """
+
+    async def flushed_wake(namespace: str, name: str) -> None:
+        await activity.flush((namespace, name))
+        await wake(namespace, name)
+
+    holding = Holding(lambda: router.table, flushed_wake, hold_timeout, max_held, hold_keepalive,
+                      released=lambda key: activity.flush_soon(key))
+    activity = Activity(identity, write, interval, held=holding.held)
+    router.activity = activity
+    router.holding = holding
+    return activity
+
+
 def enable(router: Router, api: KubeConnection, args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     """Give `router` holding and activity reports; the coroutine runs the reports until cancelled."""
     writer = KubeWriter(api)
-
-    async def wake(namespace: str, name: str) -> None:
-        await activity.flush((namespace, name))  # says the held requests before the wake-up they cause
-        await writer.wake(namespace, name)
-
-    holding = Holding(lambda: router.table, wake, args.hold_timeout, args.max_held, args.hold_keepalive)
-    activity = Activity(args.identity, writer.patch_status, args.activity_interval, held=holding.held)
-    router.activity = activity
-    router.holding = holding
+    activity = attach(router, writer.wake, writer.patch_status, identity=args.identity,
+                      interval=args.activity_interval, hold_timeout=args.hold_timeout, max_held=args.max_held,
+                      hold_keepalive=args.hold_keepalive)
 
     async def run() -> None:
         try:

@@ -19,17 +19,18 @@ import httpx
 import openai
 import pytest
 
-from localmodel_server.router.activity import Activity
 from localmodel_server.router.app import Router, RouterSettings
 from localmodel_server.router.auth import ApiKeys
-from localmodel_server.router.holding import Holding
 from localmodel_server.router.routes import RouteEntry, RouteTable
+from localmodel_server.router.scaler import attach
 
 REF = ("ns", "tiny")
 
 
 class InProcessRouter:
-    def __init__(self, timeout_s: float = 20.0, max_held: int = 8, keepalive_s: float = 0.2) -> None:
+    def __init__(self, timeout_s: float = 20.0, max_held: int = 8, keepalive_s: float = 0.2,
+                 interval: float = 0.1) -> None:
+        self.interval = interval  # of activity reports
         self.wakes: list[tuple[str, str]] = []
         self.reports: list[tuple[str, str, dict[str, Any]]] = []
         self.wake_error: Exception | None = None
@@ -48,9 +49,9 @@ class InProcessRouter:
         async def write(namespace: str, name: str, patch: dict[str, Any]) -> None:
             self.reports.append((namespace, name, patch))
 
-        self.router.holding = Holding(lambda: self.router.table, wake, timeout_s, max_held, keepalive_s)
-        self.router.activity = Activity("router-a", write, interval=0.1, held=self.router.holding.held)
-        self._reporter = asyncio.create_task(self.router.activity.run())
+        activity = attach(self.router, wake, write, identity="router-a", interval=self.interval,
+                          hold_timeout=timeout_s, max_held=max_held, hold_keepalive=keepalive_s)
+        self._reporter = asyncio.create_task(activity.run())
         self.server = await self.loop.create_server(self.router.server(), "127.0.0.1", 0)
         return self.server.sockets[0].getsockname()[1]
 
@@ -145,6 +146,24 @@ def test_a_request_for_a_model_at_zero_waits_wakes_it_once_and_is_answered_when_
     until(lambda: router.reports[-1][2]["status"]["activity"]["router-a"]["inFlight"] == 0)
     assert router.reports[-1][2]["status"]["activity"]["router-a"]["held"] == 0
     assert "lastRequestTime" in router.reports[-1][2]["status"]["activity"]["router-a"]
+
+
+def test_the_last_held_request_leaving_the_hold_is_reported_at_once(fake_backend: Any) -> None:
+    # Reports are an hour apart here: only the release itself can have written held 0.
+    router = InProcessRouter(interval=3600)
+    try:
+        router.publish(table(entry(replicas=0)))
+        thread, result = in_thread(lambda: httpx.post(f"{router.base_url}/v1/chat/completions", json=CHAT, timeout=30))
+        until(lambda: router.wakes)
+        activity = router.reports[-1][2]["status"]["activity"]["router-a"]
+        assert (activity["inFlight"], activity["held"]) == (1, 1)  # written before the wake-up
+        backend = fake_backend("tiny-chat")
+        router.publish(table(entry((backend.base_url,), replicas=1)))
+        thread.join(30)
+        assert result and result[0].status_code == 200
+        until(lambda: router.reports[-1][2]["status"]["activity"]["router-a"]["held"] == 0, timeout=5)
+    finally:
+        router.close()
 
 
 def test_a_held_stream_gets_sse_comments_then_the_backends_stream(router: InProcessRouter, fake_backend: Any) -> None:
