@@ -208,6 +208,7 @@ def test_cpu_deployment() -> None:
     assert server["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800  # model loads may take long
+    assert startup["periodSeconds"] == 1  # a woken pod is Ready within a second of its load
     prestop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] > prestop + SETTINGS.drain_timeout_s
     assert {"name": "weights", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
