@@ -42,7 +42,7 @@ DEFAULT_KEEPALIVE_S = 5.0
 WAKE_RETRY_S = 2.0
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
-Wake = Callable[[str, str], Awaitable[None]]
+Wake = Callable[[str, str], Awaitable[object]]  # what it returns is not read
 
 
 def wants_stream(body: bytes) -> bool:
