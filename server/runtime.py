@@ -74,7 +74,7 @@ class ModelRuntime:
             self.engine = BatchEngine(
                 model,
                 EngineConfig(context_size=context, parallel=s.parallel, threads=s.threads,
-                             batch_size=s.batch_size, queue_size=s.queue_size),
+                             batch_size=s.batch_size),
             )
             self.metrics.watch_engine(lambda: self.engine.queued, lambda: self.engine.busy_slots)
             self.admission = Admission(s.parallel, s.queue_size)

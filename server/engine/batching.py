@@ -43,7 +43,6 @@ class EngineConfig:
     parallel: int  # slots decoded together
     threads: int
     batch_size: int = 512  # most tokens in one decode step; longer prompts are chunked
-    queue_size: int = 512  # requests waiting for a slot before new ones are refused
 
 
 @dataclass(frozen=True)
@@ -76,10 +75,6 @@ class Finished:
 
 
 Event = Delta | Finished
-
-
-class QueueFull(Exception):
-    """Every slot is busy and the waiting queue is at its limit."""
 
 
 class EngineStopped(Exception):
@@ -170,12 +165,12 @@ class BatchEngine:
     # -- called from the event loop -------------------------------------------
 
     def submit(self, request: GenerationRequest) -> Generation:
+        # The queue is bounded before a request gets here: the server's Admission
+        # (engine/overload.py) holds at most --parallel + --queue-size generation requests.
         gen = Generation(request, asyncio.get_running_loop())
         with self._cond:
             if not self._running:
                 raise EngineStopped()
-            if len(self._waiting) >= self.config.queue_size and self.busy_slots >= self.config.parallel:
-                raise QueueFull()
             self._waiting.append(gen)
             self._cond.notify()
         return gen

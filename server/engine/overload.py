@@ -120,6 +120,9 @@ class ReturnSchedule:
 class Admission:
     """The places a generation request can hold: one per slot plus one per queue entry.
 
+    This is the server's only bound on waiting requests; the engine's queue never holds
+    more than it lets through.
+
     A request takes its place as it arrives, before its body is read, parsed, templated
     and tokenized, and gives it back when its response has been sent. Refused early, an
     excess request costs next to nothing; refused at the engine's queue, it cost all that

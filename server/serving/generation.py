@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from starlette.requests import Request
 
-from ..engine.batching import Delta, EngineStopped, Finished, Generation, GenerationRequest, QueueFull, TokenOut
+from ..engine.batching import Delta, EngineStopped, Finished, Generation, GenerationRequest, TokenOut
 from ..engine.model import LoadedModel
 from ..engine.sampling import SamplingParams
 from ..metrics import ServerMetrics
@@ -78,8 +78,6 @@ def submit(runtime: ModelRuntime, request: GenerationRequest) -> Generation:
     assert runtime.engine is not None
     try:
         return runtime.engine.submit(request)
-    except QueueFull:
-        raise runtime.queue_full() from None
     except EngineStopped:
         raise errors.service_unavailable("The server is shutting down.", code="server_draining") from None
 
