@@ -71,7 +71,7 @@ Writer = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 class Activity:
     def __init__(self, identity: str, write: Writer, interval: float = DEFAULT_INTERVAL_S,
-                 held: Callable[[Key], int] = lambda key: 0) -> None:
+                 *, held: Callable[[Key], int]) -> None:
         self.identity = identity
         self.interval = interval
         self._write = write

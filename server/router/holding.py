@@ -93,7 +93,7 @@ class HeldStream:
 class Holding:
     def __init__(self, table: Callable[[], RouteTable], wake: Wake, timeout_s: float = DEFAULT_HOLD_TIMEOUT_S,
                  max_held: int = DEFAULT_MAX_HELD, keepalive_s: float = DEFAULT_KEEPALIVE_S,
-                 released: Callable[[tuple[str, str]], None] = lambda key: None) -> None:
+                 *, released: Callable[[tuple[str, str]], None]) -> None:
         self._table = table
         self._wake = wake
         self._released = released  # called when a model's last held request leaves the hold

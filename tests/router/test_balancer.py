@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 
 from localmodel_server.router.balancer import MAX_COOLDOWN_S, Balancer, NoEndpoint, parse_retry_after
+from support.fake_clock import Clock
 
 A, B, C = "http://a:1", "http://b:1", "http://c:1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_picks_the_endpoint_with_fewest_requests_in_flight():

@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localmodel_server.engine.overload import MAX_RETRY_S, Admission, CompletionRate, ReturnSchedule
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from support.fake_clock import Clock
 
 
 def test_the_first_refused_client_returns_when_the_queue_ahead_has_drained():
