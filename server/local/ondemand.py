@@ -10,6 +10,8 @@ What always holds:
 - `in_flight` counts requests between `acquire` and `release`; a model is
   stopped only by `_begin_unload`, and only the decisions' idle models reach it;
 - every waiter is woken on every state change and decides again, so no wake-up is lost;
+- at most `max_loaded` processes hold memory at any moment: a load waits until
+  the models it evicts have stopped;
 - a request waits on a load it started or found under way, and fails with that
   load's reason if that load fails; the next request tries a fresh load.
 """
@@ -99,9 +101,14 @@ class Scheduler:
                 slot.in_flight += 1
                 slot.last_used = self.clock()
                 return
-            if isinstance(decision, Load):
+            if isinstance(decision, Load) and decision.evict:
+                # Load only once the victims' processes have exited: until then their memory (a GPU's
+                # above all) is not free. Their unloads wake us, and admit() then says Load().
                 for victim in decision.evict:
                     self._begin_unload(victim, f"evicted to make room for {name} (--max-loaded {self.max_loaded})")
+                told = True  # the eviction's own line says why this request waits
+                continue
+            if isinstance(decision, Load):
                 self._begin_load(slot)
                 awaited = slot.attempt
                 continue

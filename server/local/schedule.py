@@ -51,7 +51,7 @@ class AwaitLoad:
 
 @dataclass(frozen=True)
 class Load:
-    """Stop `evict` (all idle), then start loading this model."""
+    """Stop `evict` (all idle) and, once their processes have exited, start loading this model."""
 
     evict: tuple[str, ...] = ()
 

@@ -13,7 +13,7 @@ import openai
 import psutil
 import pytest
 
-from support.local_up import Up, manifest, pvc
+from support.local_up import Up, alive, manifest, pvc
 from support.model_server import wait_for
 
 pytestmark = pytest.mark.llama
@@ -66,7 +66,7 @@ def test_one_place_serves_three_models_in_turn_evicting_the_least_recent(tmp_pat
             seen.append(servers[name])
             assert statuses(up)[name] == "loaded"
         assert len(set(seen)) == 4  # a fresh process each time: the evicted one was stopped
-        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in seen[:3])
+        assert not any(alive(p) for p in seen[:3])
         assert "unloading alpha (evicted to make room for beta (--max-loaded 1))" in up.output()
     finally:
         assert up.stop() == 0
@@ -78,12 +78,14 @@ def test_idle_model_unloads_after_its_keep_alive_and_the_next_request_reloads_it
     try:
         up.wait_serving()
         ask(up, "alpha")
+        first = up.servers()["alpha"]  # now: its 2 s may run out while gamma loads
         ask(up, "gamma")
-        first = up.servers()["alpha"]
-        assert wait_for(lambda: "alpha" not in up.servers(), timeout=15), up.output()
-        assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+        # Unloaded: the process has exited (not merely lost its command line on the way out) and the
+        # model reads as unloaded, which the supervisor writes only after it has reaped the process.
+        assert wait_for(lambda: statuses(up)["alpha"] == "unloaded", timeout=15), up.output()
+        assert not alive(first)
+        assert "alpha" not in up.servers()
         assert "unloading alpha (idle for 2 s)" in up.output()
-        assert statuses(up)["alpha"] == "unloaded"
         assert statuses(up)["gamma"] == "loaded"  # spec.keepAlive -1 overrides --keep-alive
         assert wait_for(lambda: up.state()["models"][0]["status"] == "unloaded", timeout=5)
 
@@ -185,7 +187,7 @@ def test_ctrl_c_while_a_model_loads_leaves_no_child(tmp_path, volume, three_mode
     assert up.stop(signal.SIGINT) == 0, up.output()
     held.join(timeout=30)
     assert result.get("status") == 503 or "error" in result
-    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    assert not any(alive(c.pid) for c in children)
 
 
 @pytest.mark.slow

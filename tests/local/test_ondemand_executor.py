@@ -13,10 +13,12 @@ from localmodel_server.protocol.errors import APIError
 class Processes:
     """Stand-in load/unload callbacks: each load waits until the test lets it finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, gated_unloads: bool = False) -> None:
         self.loads: list[str] = []
         self.unloads: list[tuple[str, str]] = []
         self.gates: dict[str, asyncio.Future[str | None]] = {}
+        self.gated_unloads = gated_unloads
+        self.unload_gates: dict[str, asyncio.Future[None]] = {}
 
     async def load(self, name: str) -> str | None:
         self.loads.append(name)
@@ -25,6 +27,9 @@ class Processes:
 
     async def unload(self, name: str, why: str) -> None:
         self.unloads.append((name, why))
+        if self.gated_unloads:  # the process takes its time to stop, until the test lets it
+            self.unload_gates[name] = asyncio.get_running_loop().create_future()
+            await self.unload_gates[name]
 
     def finish(self, name: str, problem: str | None = None) -> None:
         self.gates[name].set_result(problem)
@@ -92,6 +97,30 @@ def test_a_busy_model_is_not_evicted_and_the_waiter_gets_503_with_retry_after():
         assert [u[0] for u in procs.unloads] == ["a"] and procs.loads == ["a", "b"]
         procs.finish("b")
         await taking
+    asyncio.run(scenario())
+
+
+def test_an_evicted_model_has_stopped_before_the_next_one_loads_in_its_place():
+    # --max-loaded bounds the processes holding memory at any moment (a GPU's memory is only free once
+    # the evicted server has exited), as Ollama waits for an evicted runner to unload.
+    async def scenario() -> None:
+        procs = Processes(gated_unloads=True)
+        s = scheduler(procs, "a", "b", max_loaded=1)
+        taking = asyncio.ensure_future(s.acquire("a"))
+        await settle_soon()
+        procs.finish("a")
+        await taking
+        s.release("a")
+        taking = asyncio.ensure_future(s.acquire("b"))
+        await settle_soon()
+        assert [u[0] for u in procs.unloads] == ["a"] and s.slots["a"].phase == "unloading"
+        assert procs.loads == ["a"]  # b waits while a's process is still stopping
+        procs.unload_gates["a"].set_result(None)
+        await settle_soon()
+        assert s.slots["a"].phase == "unloaded" and procs.loads == ["a", "b"]
+        procs.finish("b")
+        await taking
+        assert s.slots["b"].in_flight == 1
     asyncio.run(scenario())
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
-from support.local_up import Up, manifest, pvc
+from support.local_up import Up, alive, manifest, pvc
 from support.model_server import free_port, wait_for
 from support.seed import SEED_REQUEST as SEED
 
@@ -70,7 +69,7 @@ def test_up_serves_two_models_and_ctrl_c_leaves_nothing_running(tmp_path, volume
         code = up.stop(signal.SIGINT)
     assert code == 0, up.output()
     assert "stopped" in up.output()
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert not any(alive(p) for p in pids)
     assert not (up.cache / "run" / "up.json").exists()
 
 
@@ -189,7 +188,7 @@ def test_detach_then_down(tmp_path, volume, two_models):
     down = subprocess.run([sys.executable, "-m", "localmodel_server.local.cli", "--cache-dir", str(cache), "down"],
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "stopped" in down.stdout
-    assert not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert not alive(state["pid"])
 
 
 def test_a_server_that_dies_is_reported_and_loaded_again_by_the_next_request(tmp_path, volume, two_models):

@@ -23,6 +23,14 @@ def pvc(path: str) -> dict:
     return {"pvc": {"claimName": "models", "path": path}}
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` is a process that has not yet exited (a zombie has: only its parent's wait is left)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class Up:
     """A running `localmodel up`, with its cache dir and output."""
 
@@ -53,14 +61,18 @@ class Up:
         return json.loads((self.cache / "run" / "up.json").read_text())
 
     def servers(self) -> dict[str, int]:
-        """The model servers running now: --served-name -> pid, from the process table."""
+        """The model servers running now: --served-name -> pid, from the process table.
+
+        A server in the middle of exiting has already lost its command line and is not listed, though
+        its pid lives on for a moment: to see that one gone, wait until `alive(pid)` is false.
+        """
         found = {}
         for child in psutil.Process(self.proc.pid).children(recursive=True):
             try:
                 cmd = child.cmdline()
             except psutil.Error:
                 continue
-            if "localmodel_server.main" in cmd and child.status() != psutil.STATUS_ZOMBIE:
+            if "localmodel_server.main" in cmd and alive(child.pid):
                 found[cmd[cmd.index("--served-name") + 1]] = child.pid
         return found
 
