@@ -6,9 +6,11 @@
    (spawn until the server first answers), model load (until it is ready, as the
    supervisor measured them) and first token (the rest: the front door, prefill, the
    first decode and the relay).
-3. Warm: `localmodel up --preload --keep-alive -1`, the same request; and the same request
+3. Swap: `localmodel up --max-loaded 1` with two manifests of the model; requests alternate,
+   so each evicts the other model, waits for its server to exit, then loads its own.
+4. Warm: `localmodel up --preload --keep-alive -1`, the same request; and the same request
    sent straight to the model server, bypassing the front door and router.
-4. Holding: the scheduler's acquire + release for a loaded model, in-process.
+5. Holding: the scheduler's acquire + release for a loaded model, in-process.
 
     .venv/bin/python bench/cold_start.py [--model 0.5b] [--runs 5] [--gpu-layers 0]
 
@@ -56,18 +58,20 @@ def bare_load(model: Path, gpu_layers: int) -> float:
 
 
 class Up:
-    def __init__(self, tmp: Path, model: Path, gpu_layers: int, *flags: str) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
+    def __init__(self, tmp: Path, model: Path, gpu_layers: int, *flags: str,
+                 names: tuple[str, ...] = ("bench",)) -> None:
+        manifests = tmp / "manifests"
+        manifests.mkdir(parents=True, exist_ok=True)
         self.cache = tmp / "cache"
         self.port = free_port()
         spec = {"source": {"pvc": {"claimName": "bench", "path": model.name}}, "contextSize": 2048, "parallel": 1,
                 "gpuLayers": gpu_layers}
-        file = tmp / "bench.yaml"
-        file.write_text(yaml.safe_dump({"apiVersion": contract.API_VERSION, "kind": contract.KIND,
-                                        "metadata": {"name": "bench"}, "spec": spec}))
+        for name in names:
+            (manifests / f"{name}.yaml").write_text(yaml.safe_dump(
+                {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name}, "spec": spec}))
         self.log = (tmp / f"up-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localmodel_server.local.cli", "--cache-dir", str(self.cache), "up", str(file),
+            [sys.executable, "-m", "localmodel_server.local.cli", "--cache-dir", str(self.cache), "up", str(manifests),
              "--port", str(self.port), "--volume", f"bench={model.parent}", *flags],
             stdout=self.log, stderr=subprocess.STDOUT)
         assert wait_for(lambda: self.state().get("phase") == "serving", 600), "localmodel up did not start"
@@ -78,8 +82,8 @@ class Up:
         except (OSError, ValueError):
             return {}
 
-    def model(self) -> dict:
-        return self.state()["models"][0]
+    def model(self, name: str = "bench") -> dict:
+        return next(m for m in self.state()["models"] if m["name"] == name)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -111,6 +115,23 @@ def cold_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> list[tuple[
             total = first_token(url)
             assert wait_for(lambda: up.model()["timings"] and up.model()["status"] == "unloaded", 60)
             timings = up.model()["timings"]
+            results.append((total, timings["processStart"], timings["modelLoad"]))
+    finally:
+        up.stop()
+    return results
+
+
+def swap_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> list[tuple[float, float, float]]:
+    """Each request evicts the other model: (time to first token, process start, model load)."""
+    up = Up(tmp / "swap", model, gpu_layers, "--max-loaded", "1", "--keep-alive", "-1", names=("bench", "other"))
+    url = f"http://127.0.0.1:{up.port}"
+    results = []
+    try:
+        first_token(url, "other")
+        for run in range(runs):
+            name = ("bench", "other")[run % 2]
+            total = first_token(url, name)
+            timings = up.model(name)["timings"]
             results.append((total, timings["processStart"], timings["modelLoad"]))
     finally:
         up.stop()
@@ -158,6 +179,7 @@ def main() -> None:
     bare = [bare_load(model, args.gpu_layers) for _ in range(args.runs)]
     with tempfile.TemporaryDirectory() as tmp:
         cold = cold_runs(Path(tmp), model, args.gpu_layers, args.runs)
+        swap = swap_runs(Path(tmp), model, args.gpu_layers, args.runs)
         through, straight = warm_runs(Path(tmp), model, args.gpu_layers, args.runs)
     hold = asyncio.run(hold_cost())
     totals, starts, loads = zip(*cold)
@@ -169,6 +191,11 @@ def main() -> None:
     print(f"| — model load (to ready) | {ms(list(loads))} |")
     print(f"| — first token (front door, prefill, first decode) | {ms(rest)} |")
     print(f"| cold minus bare load (goal < 2000) | {statistics.median(totals) * 1000 - statistics.median(bare) * 1000:.0f} |")
+    swap_totals, swap_starts, swap_loads = zip(*swap)
+    print(f"| swap (`--max-loaded 1`): request to first token | {ms(list(swap_totals))} |")
+    print(f"| — the evicted server's exit, then first token | "
+          f"{ms([t - s - l for t, s, l in swap])} (first token alone: {ms(rest)}) |")
+    print(f"| — process start, model load | {ms(list(swap_starts))}, {ms(list(swap_loads))} |")
     print(f"| warm TTFT through `localmodel up` | {ms(through)} |")
     print(f"| warm TTFT straight to the model server | {ms(straight)} |")
     print(f"| holding: acquire + release, in-process (goal < 1) | {hold * 1000:.4f} |")
