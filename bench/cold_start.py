@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -32,15 +31,14 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from server_throughput import NO_REPACK, bench_model  # noqa: E402
-from support.model_server import free_port, wait_for  # noqa: E402
+from support.local_up import Up, manifest, pvc  # noqa: E402
+from support.model_server import wait_for  # noqa: E402
 
-from localmodel_server import contract  # noqa: E402
 from localmodel_server.local.ondemand import Scheduler, Slot  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write one word."}]
@@ -57,38 +55,20 @@ def bare_load(model: Path, gpu_layers: int) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-class Up:
-    def __init__(self, tmp: Path, model: Path, gpu_layers: int, *flags: str,
-                 names: tuple[str, ...] = ("bench",)) -> None:
-        manifests = tmp / "manifests"
-        manifests.mkdir(parents=True, exist_ok=True)
-        self.cache = tmp / "cache"
-        self.port = free_port()
-        spec = {"source": {"pvc": {"claimName": "bench", "path": model.name}}, "contextSize": 2048, "parallel": 1,
-                "gpuLayers": gpu_layers}
-        for name in names:
-            (manifests / f"{name}.yaml").write_text(yaml.safe_dump(
-                {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name}, "spec": spec}))
-        self.log = (tmp / f"up-{self.port}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localmodel_server.local.cli", "--cache-dir", str(self.cache), "up", str(manifests),
-             "--port", str(self.port), "--volume", f"bench={model.parent}", *flags],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        assert wait_for(lambda: self.state().get("phase") == "serving", 600), "localmodel up did not start"
+def start_up(tmp: Path, model: Path, gpu_layers: int, *flags: str, names: tuple[str, ...] = ("bench",)) -> Up:
+    """`localmodel up` serving `names`, each a manifest of `model` used in place; once it serves."""
+    manifests = tmp / "manifests"
+    manifests.mkdir(parents=True)
+    for name in names:
+        (manifests / f"{name}.yaml").write_text(
+            manifest(name, pvc(model.name), contextSize=2048, parallel=1, gpuLayers=gpu_layers))
+    up = Up(tmp, [manifests], *flags, volume=model.parent)
+    up.wait_serving(600)
+    return up
 
-    def state(self) -> dict:
-        try:
-            return json.loads((self.cache / "run" / "up.json").read_text())
-        except (OSError, ValueError):
-            return {}
 
-    def model(self, name: str = "bench") -> dict:
-        return next(m for m in self.state()["models"] if m["name"] == name)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-        self.log.close()
+def model_state(up: Up, name: str = "bench") -> dict:
+    return next(m for m in up.state()["models"] if m["name"] == name)
 
 
 def first_token(url: str, model: str = "bench") -> float:
@@ -106,15 +86,15 @@ def first_token(url: str, model: str = "bench") -> float:
 
 
 def cold_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> list[tuple[float, float, float]]:
-    up = Up(tmp / "cold", model, gpu_layers, "--keep-alive", "0")
-    url = f"http://127.0.0.1:{up.port}"
+    up = start_up(tmp / "cold", model, gpu_layers, "--keep-alive", "0")
+    url = up.base_url
     results = []
     try:
         for _ in range(runs):
-            assert wait_for(lambda: up.model()["status"] == "unloaded" and up.model()["pid"] is None, 60)
+            assert wait_for(lambda: model_state(up)["status"] == "unloaded" and model_state(up)["pid"] is None, 60)
             total = first_token(url)
-            assert wait_for(lambda: up.model()["timings"] and up.model()["status"] == "unloaded", 60)
-            timings = up.model()["timings"]
+            assert wait_for(lambda: model_state(up)["timings"] and model_state(up)["status"] == "unloaded", 60)
+            timings = model_state(up)["timings"]
             results.append((total, timings["processStart"], timings["modelLoad"]))
     finally:
         up.stop()
@@ -123,15 +103,16 @@ def cold_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> list[tuple[
 
 def swap_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> list[tuple[float, float, float]]:
     """Each request evicts the other model: (time to first token, process start, model load)."""
-    up = Up(tmp / "swap", model, gpu_layers, "--max-loaded", "1", "--keep-alive", "-1", names=("bench", "other"))
-    url = f"http://127.0.0.1:{up.port}"
+    up = start_up(tmp / "swap", model, gpu_layers, "--max-loaded", "1", "--keep-alive", "-1",
+                  names=("bench", "other"))
+    url = up.base_url
     results = []
     try:
         first_token(url, "other")
         for run in range(runs):
             name = ("bench", "other")[run % 2]
             total = first_token(url, name)
-            timings = up.model(name)["timings"]
+            timings = model_state(up, name)["timings"]
             results.append((total, timings["processStart"], timings["modelLoad"]))
     finally:
         up.stop()
@@ -139,9 +120,9 @@ def swap_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> list[tuple[
 
 
 def warm_runs(tmp: Path, model: Path, gpu_layers: int, runs: int) -> tuple[list[float], list[float]]:
-    up = Up(tmp / "warm", model, gpu_layers, "--preload")
-    url = f"http://127.0.0.1:{up.port}"
-    direct = f"http://127.0.0.1:{up.model()['port']}"
+    up = start_up(tmp / "warm", model, gpu_layers, "--preload")
+    url = up.base_url
+    direct = f"http://127.0.0.1:{model_state(up)['port']}"
     through, straight = [], []
     try:
         first_token(url)  # the first decode after a load is slower everywhere
